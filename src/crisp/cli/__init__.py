@@ -1,0 +1,1 @@
+"""Command-line entry points: ``crisp`` (the daemon and its admin commands) and ``crispctl``."""

@@ -1,0 +1,32 @@
+"""crisp's configuration: the typed model, the TOML file, and live reload."""
+
+from crisp.config.live import LiveConfig, ReloadResult
+from crisp.config.load import ConfigError, config_path, load, parse, render_default
+from crisp.config.model import (
+    CNIConfig,
+    Config,
+    ImageConfig,
+    MetricsConfig,
+    PodConfig,
+    RegistryConfig,
+    RuntimeHandler,
+    StreamingConfig,
+)
+
+__all__ = [
+    "CNIConfig",
+    "Config",
+    "ConfigError",
+    "ImageConfig",
+    "LiveConfig",
+    "MetricsConfig",
+    "PodConfig",
+    "RegistryConfig",
+    "ReloadResult",
+    "RuntimeHandler",
+    "StreamingConfig",
+    "config_path",
+    "load",
+    "parse",
+    "render_default",
+]

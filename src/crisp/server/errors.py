@@ -1,0 +1,77 @@
+"""Turning crisp's domain errors into gRPC status codes.
+
+Every servicer method runs behind :class:`ErrorInterceptor`: a :class:`crisp.errors.CrispError`
+becomes its status code with the message as details; anything else is a bug in crisp, logged
+with its traceback and answered as UNKNOWN without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from crisp import errors
+from crisp.server.interceptors import BehaviorInterceptor, Context, StreamBehavior, UnaryBehavior
+
+log = logging.getLogger(__name__)
+
+_CODES: dict[type[errors.CrispError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.RuntimeFailure: grpc.StatusCode.UNKNOWN,
+}
+
+
+def status_code(error: BaseException) -> grpc.StatusCode:
+    """The status a client sees for ``error``."""
+    for kind in type(error).__mro__:
+        if kind in _CODES:
+            return _CODES[kind]
+    return grpc.StatusCode.UNKNOWN
+
+
+class ErrorInterceptor(BehaviorInterceptor):
+    """Maps domain errors to status codes for every unary and server-streaming method."""
+
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def guarded(request: Any, context: Context) -> Any:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # every failure must become a status
+                await _abort(context, method, error)
+
+        return guarded
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _abort(context, method, error)
+
+        return guarded
+
+
+async def _abort(context: Context, method: str, error: Exception) -> None:
+    if isinstance(error, errors.CrispError):
+        log.debug("%s failed: %s", method, error)
+        await context.abort(status_code(error), str(error))
+    log.error("%s failed unexpectedly", method, exc_info=error)
+    await context.abort(
+        grpc.StatusCode.UNKNOWN,
+        f"crisp failed unexpectedly in {method}: {type(error).__name__}: {error} "
+        "(the daemon log has the details)",
+    )

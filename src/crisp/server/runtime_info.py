@@ -1,0 +1,88 @@
+"""Version, Status, RuntimeConfig and UpdateRuntimeConfig: what the kubelet asks of the node."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import grpc
+
+from crisp import __version__
+from crisp.api import cri_pb2
+from crisp.oci.handlers import handler_problems
+from crisp.server.services import Services
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+CRI_API_VERSION = "v1"
+# The kubelet reads VersionResponse.version as the version of the CRI API the runtime speaks.
+KUBELET_API_VERSION = "0.1.0"
+
+
+class RuntimeInfoCalls:
+    """RPCs about the runtime as a whole rather than one pod or container."""
+
+    services: Services
+
+    async def Version(
+        self, request: cri_pb2.VersionRequest, context: Context
+    ) -> cri_pb2.VersionResponse:
+        return cri_pb2.VersionResponse(
+            version=KUBELET_API_VERSION,
+            runtime_name="crisp",
+            runtime_version=__version__,
+            runtime_api_version=CRI_API_VERSION,
+        )
+
+    async def Status(
+        self, request: cri_pb2.StatusRequest, context: Context
+    ) -> cri_pb2.StatusResponse:
+        config = self.services.live.current
+        problems = [
+            p
+            for name, handler in sorted(config.runtimes.items())
+            for p in handler_problems(name, handler)
+            if name == config.default_runtime
+        ]
+        runtime = cri_pb2.RuntimeCondition(
+            type="RuntimeReady",
+            status=not problems,
+            reason="" if not problems else "RuntimeBinaryMissing",
+            message="; ".join(problems),
+        )
+        network_ready, reason, message = await self.services.network_status()
+        network = cri_pb2.RuntimeCondition(
+            type="NetworkReady", status=network_ready, reason=reason, message=message
+        )
+        response = cri_pb2.StatusResponse(
+            status=cri_pb2.RuntimeStatus(conditions=[runtime, network]),
+            runtime_handlers=[
+                cri_pb2.RuntimeHandler(name=name, features=cri_pb2.RuntimeHandlerFeatures())
+                for name in sorted(config.runtimes)
+            ],
+        )
+        if request.verbose:
+            response.info["config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)
+        return response
+
+    async def RuntimeConfig(
+        self, request: cri_pb2.RuntimeConfigRequest, context: Context
+    ) -> cri_pb2.RuntimeConfigResponse:
+        driver = {"cgroupfs": cri_pb2.CGROUPFS, "systemd": cri_pb2.SYSTEMD}[
+            self.services.live.current.cgroup_manager
+        ]
+        return cri_pb2.RuntimeConfigResponse(
+            linux=cri_pb2.LinuxRuntimeConfiguration(cgroup_driver=driver)
+        )
+
+    async def UpdateRuntimeConfig(
+        self, request: cri_pb2.UpdateRuntimeConfigRequest, context: Context
+    ) -> cri_pb2.UpdateRuntimeConfigResponse:
+        cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            await self.services.update_pod_cidr(cidr)
+        return cri_pb2.UpdateRuntimeConfigResponse()

@@ -1,0 +1,1 @@
+"""Fixtures shared by the integration tests: a real daemon, registry and test images."""
