@@ -1,0 +1,97 @@
+"""Network interface counters of a pod's network namespace, read without entering it.
+
+The daemon never calls setns itself (its threads serve grpc). /proc/<pid>/net/dev shows the
+namespace of that process, which is one small read when the pod has a process; a pinned
+namespace with no process in it is read by a short-lived ``nsenter --net=PATH cat`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from crisp.errors import DeadlineExceeded, NotFound, RuntimeFailure
+
+NSENTER = "nsenter"
+READ_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class InterfaceStats:
+    """Cumulative counters of one interface since it was created."""
+
+    name: str
+    rx_bytes: int
+    rx_packets: int
+    rx_errors: int
+    rx_dropped: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errors: int
+    tx_dropped: int
+
+
+def parse_net_dev(text: str) -> list[InterfaceStats]:
+    """Parse /proc/net/dev: two header lines, then "name: 8 receive and 8 transmit fields"."""
+    interfaces: list[InterfaceStats] = []
+    for line in text.splitlines():
+        name, colon, counters = line.partition(":")
+        if not colon or "|" in line:
+            continue
+        fields = counters.split()
+        if len(fields) < 16:
+            continue
+        values = [int(value) for value in fields[:16]]
+        interfaces.append(
+            InterfaceStats(
+                name=name.strip(),
+                rx_bytes=values[0],
+                rx_packets=values[1],
+                rx_errors=values[2],
+                rx_dropped=values[3],
+                tx_bytes=values[8],
+                tx_packets=values[9],
+                tx_errors=values[10],
+                tx_dropped=values[11],
+            )
+        )
+    return interfaces
+
+
+def _read_pid_net_dev(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/net/dev").read_text()
+    except (FileNotFoundError, ProcessLookupError) as error:
+        raise NotFound(f"process {pid} is gone, so its network namespace cannot be read") from error
+
+
+async def interfaces_of_pid(pid: int) -> list[InterfaceStats]:
+    """The interfaces in the network namespace of process ``pid``."""
+    return parse_net_dev(await asyncio.to_thread(_read_pid_net_dev, pid))
+
+
+async def interfaces_of_netns(netns_path: str) -> list[InterfaceStats]:
+    """The interfaces in the network namespace pinned at ``netns_path`` (a bind mount)."""
+    if not await asyncio.to_thread(Path(netns_path).exists):
+        raise NotFound(f"network namespace {netns_path} does not exist")
+    process = await asyncio.create_subprocess_exec(
+        NSENTER, f"--net={netns_path}", "--", "cat", "/proc/net/dev",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), READ_TIMEOUT_S)
+    except TimeoutError as error:
+        process.kill()
+        await process.wait()
+        raise DeadlineExceeded(
+            f"reading interfaces of {netns_path} took more than {READ_TIMEOUT_S}s"
+        ) from error
+    if process.returncode != 0:
+        raise RuntimeFailure(
+            f"nsenter --net={netns_path} cat /proc/net/dev failed "
+            f"(exit {process.returncode}): {stderr.decode(errors='replace').strip()}"
+        )
+    return parse_net_dev(stdout.decode())
