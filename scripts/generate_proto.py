@@ -24,7 +24,12 @@ SRC_DIR = REPO_ROOT / "src"
 # name "crisp.api.cri_pb2" (protoc derives __module__ from the proto path).
 PROTO_REL = Path("crisp/api/cri.proto")
 API_DIR_REL = PROTO_REL.parent
-GENERATED = ("cri_pb2.py", "cri_pb2.pyi", "cri_pb2_grpc.py")
+# crisp's own extension services, served on the same socket (crisp_images: import/export).
+EXTENSION_PROTOS = (Path("crisp/api/crisp_images.proto"),)
+GENERATED = (
+    "cri_pb2.py", "cri_pb2.pyi", "cri_pb2_grpc.py",
+    "crisp_images_pb2.py", "crisp_images_pb2.pyi", "crisp_images_pb2_grpc.py",
+)
 
 # protoc writes an absolute import into the gRPC module; a relative one keeps the
 # package relocatable and avoids importing a top-level "crisp" by accident.
@@ -32,18 +37,21 @@ _ABSOLUTE_IMPORT = "from crisp.api import cri_pb2 as crisp_dot_api_dot_cri__pb2\
 _RELATIVE_IMPORT = "from . import cri_pb2 as crisp_dot_api_dot_cri__pb2\n"
 
 
-def _fix_grpc_import(text: str) -> str:
-    """Rewrite the gRPC module's import of cri_pb2 to be package-relative.
+def _fix_grpc_import(text: str, module: str = "cri") -> str:
+    """Rewrite the gRPC module's import of <module>_pb2 to be package-relative.
 
     Fails loudly instead of silently leaving the absolute import if a newer
     grpcio-tools changes the line it emits.
     """
-    if text.count(_ABSOLUTE_IMPORT) != 1:
+    alias = f"crisp_dot_api_dot_{module.replace('_', '__')}__pb2"
+    absolute = f"from crisp.api import {module}_pb2 as {alias}\n"
+    relative = f"from . import {module}_pb2 as {alias}\n"
+    if text.count(absolute) != 1:
         raise RuntimeError(
-            f"expected exactly one {_ABSOLUTE_IMPORT.strip()!r} in cri_pb2_grpc.py; "
+            f"expected exactly one {absolute.strip()!r} in {module}_pb2_grpc.py; "
             "grpcio-tools output changed, update scripts/generate_proto.py"
         )
-    return text.replace(_ABSOLUTE_IMPORT, _RELATIVE_IMPORT)
+    return text.replace(absolute, relative)
 
 
 def generate(src_dir: Path, out_dir: Path) -> dict[str, str]:
@@ -61,6 +69,7 @@ def generate(src_dir: Path, out_dir: Path) -> dict[str, str]:
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         str(PROTO_REL),
+        *(str(proto) for proto in EXTENSION_PROTOS),
     ]
     (out_dir / API_DIR_REL).mkdir(parents=True, exist_ok=True)
     if protoc.main(args) != 0:
@@ -68,6 +77,9 @@ def generate(src_dir: Path, out_dir: Path) -> dict[str, str]:
     api_out = out_dir / API_DIR_REL
     grpc_file = api_out / "cri_pb2_grpc.py"
     grpc_file.write_text(_fix_grpc_import(grpc_file.read_text()))
+    for proto in EXTENSION_PROTOS:
+        extension = api_out / f"{proto.stem}_pb2_grpc.py"
+        extension.write_text(_fix_grpc_import(extension.read_text(), proto.stem))
     return {name: (api_out / name).read_text() for name in GENERATED}
 
 

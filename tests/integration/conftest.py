@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import CrispDaemon
+from tests.support.registry import BusyboxRegistry, busybox_registry
 
 DaemonFactory = Callable[..., CrispDaemon]
 
@@ -39,3 +40,13 @@ def crisp_daemon() -> Iterator[CrispDaemon]:
             yield daemon
         finally:
             daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_busybox() -> Iterator[BusyboxRegistry]:
+    """A docker-registry on 127.0.0.1 serving busybox as ``<host>/test/busybox:latest``.
+
+    ``.reference`` is the full reference, ``.image_id`` the id crisp reports after a pull.
+    """
+    with busybox_registry() as served:
+        yield served

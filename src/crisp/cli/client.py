@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from crisp.api import cri_pb2, cri_pb2_grpc
 from crisp.cli.endpoint import resolve_endpoint
+from crisp.cli.images_commands import add_image_commands
 
 Command = Callable[[grpc.Channel, argparse.Namespace], int]
 
@@ -40,10 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="the runtime's status, conditions and config").set_defaults(
         run=_info
     )
+    add_image_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away, as `crispctl info | head` does
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     target = resolve_endpoint(args.runtime_endpoint)
     run: Command = args.run

@@ -96,6 +96,11 @@ class PodConfig:
     infra_container: bool = option(
         False, "Start an infra (pause) process in every pod, not only where one is needed."
     )
+    stop_timeout: float = option(
+        10.0,
+        "Seconds StopPodSandbox gives each still running container after its stop signal "
+        "before it sends SIGKILL.",
+    )
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from pathlib import Path
 import grpc
 
 from crisp import __version__, logsetup
-from crisp.api import cri_pb2_grpc
+from crisp.api import cri_pb2_grpc, crisp_images_pb2_grpc
 from crisp.config import ConfigError, LiveConfig
 from crisp.server.errors import ErrorInterceptor
+from crisp.server.images import CrispImagesServicer, ImageServicer
 from crisp.server.interceptors import BehaviorInterceptor
 from crisp.server.metrics import GrpcMetrics, MetricsInterceptor
 from crisp.server.runtime import RuntimeServicer
@@ -77,6 +78,10 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
         ],
     )
     cri_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(services), server)
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(services.images), server)
+    crisp_images_pb2_grpc.add_ImagesServicer_to_server(
+        CrispImagesServicer(services.images), server
+    )
     server.add_insecure_port(f"unix://{socket_path}")
 
     previous_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable

@@ -1,4 +1,4 @@
-"""A base for server interceptors that wrap the behavior of every unary and streaming method."""
+"""A base for server interceptors that wrap the behavior of every method, streaming or not."""
 
 from __future__ import annotations
 
@@ -29,10 +29,16 @@ class BehaviorInterceptor(_ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
+        # A client-streaming behavior takes a request iterator where a unary one takes a
+        # request; both are awaited once, so one wrapper serves both (likewise for streams).
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self.wrap_unary(method, handler.unary_unary))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=self.wrap_unary(method, handler.stream_unary))
         if handler.unary_stream is not None:
             return handler._replace(unary_stream=self.wrap_stream(method, handler.unary_stream))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self.wrap_stream(method, handler.stream_stream))
         return handler
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:

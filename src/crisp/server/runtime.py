@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from crisp.api import cri_pb2, cri_pb2_grpc
+from crisp.server.containers import ContainerCalls
 from crisp.server.runtime_info import RuntimeInfoCalls
+from crisp.server.sandboxes import SandboxCalls
 from crisp.server.services import Services
 from crisp.server.unimplemented import fill_unimplemented
 
 
-class RuntimeServicer(RuntimeInfoCalls, cri_pb2_grpc.RuntimeServiceServicer):
+class RuntimeServicer(
+    RuntimeInfoCalls, SandboxCalls, ContainerCalls, cri_pb2_grpc.RuntimeServiceServicer
+):
     """Every RuntimeService RPC; each mixin owns one area (runtime info, pods, containers...)."""
 
     def __init__(self, services: Services):

@@ -7,13 +7,14 @@ other one. Servicers reach the services through it and never build their own.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.config import LiveConfig
-from crisp.errors import InvalidArgument
+from crisp.images import ImageService
+from crisp.network import NetworkManager
+from crisp.pods import ImagesForPods, NetworkForPods, PodService, SnapshotsForPods
 from crisp.state import Database, Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ class Services:
     live: LiveConfig
     db: Database
     settings: Settings
+    network: NetworkManager
+    images: ImageService
+    pods: PodService
 
     @classmethod
     async def open(cls, live: LiveConfig) -> Services:
@@ -34,21 +38,28 @@ class Services:
         root = Path(config.root_dir)
         await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True, mode=0o711)
         db = await Database.open(root / "crisp.db")
-        return cls(live=live, db=db, settings=Settings(db))
+        settings = Settings(db)
+        network = NetworkManager(live, root / "network", settings)
+        await network.start()
+        images = ImageService(live, db, root)
+        await images.start()
+        pods = await PodService.open(live, db, ImagesForPods(images),
+                                     SnapshotsForPods(images.snapshots), NetworkForPods(network))
+        # Networks set up for pods whose record was never saved (a crash in RunPodSandbox).
+        await network.release_strays({sandbox.id for sandbox in pods.list_sandboxes()})
+        return cls(live=live, db=db, settings=settings, network=network, images=images,
+                   pods=pods)
 
     async def network_status(self) -> tuple[bool, str, str]:
         """Whether pods can get networking: (ready, reason, message)."""
-        return False, "NetworkPluginNotReady", "CNI support is not built into this crisp yet"
+        ready, reason, message = await self.network.status()
+        return ready, reason, message
 
     async def update_pod_cidr(self, cidr: str) -> None:
         """Record the node's pod CIDR(s) from the kubelet, comma-separated for dual stack."""
-        for part in cidr.split(","):
-            try:
-                ipaddress.ip_network(part.strip())
-            except ValueError as error:
-                raise InvalidArgument(f"pod CIDR {cidr!r} is not valid: {error}") from error
-        await self.settings.set("pod_cidr", cidr)
-        log.info("pod CIDR is now %s", cidr)
+        await self.network.update_pod_cidr(cidr)  # validates, stores as "pod_cidr", applies
 
     async def close(self) -> None:
+        await self.pods.close()
+        await self.images.close()
         await self.db.close()

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Pull-and-unpack speed of crisp against containerd, over the same CRI calls.
+
+Builds images of several shapes from busybox-static (one large layer; thousands of small
+files; many layers), serves them from a local docker-registry on 127.0.0.1, starts crisp and
+Debian's containerd each on its own temporary root and socket, and times PullImage (which
+downloads, verifies and unpacks) for each shape on each runtime, removing the image in
+between so every pull starts cold. Prints medians and the ratio crisp/containerd (below 1
+means crisp is faster). Needs root; cleans up after itself.
+
+    sudo python3 bench/pull.py [--repeat 3] [--shapes large,small-files,many-layers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from crisp.api import cri_pb2, cri_pb2_grpc  # noqa: E402
+from tests.support import image_builder as ib  # noqa: E402
+from tests.support.registry import running_registry  # noqa: E402
+
+
+def shape_large(base: ib.Layer) -> ib.Image:
+    rng = random.Random(1)
+    # half random (incompressible), half text-like (compressible), as real binaries are
+    data = rng.randbytes(24 << 20) + b"".join(
+        f"line {i} of a large, fairly compressible file\n".encode() for i in range(500_000))
+    return ib.build_image([base, ib.make_layer(ib.LayerBuilder().file("large/blob", data))])
+
+
+def shape_small_files(base: ib.Layer) -> ib.Image:
+    layer = ib.LayerBuilder()
+    for d in range(100):
+        layer.dir(f"many/{d:03}")
+        for f in range(50):
+            layer.file(f"many/{d:03}/file{f:02}.txt", f"content of {d}/{f}\n" * (1 + f % 7))
+    return ib.build_image([base, ib.make_layer(layer)])
+
+
+def shape_many_layers(base: ib.Layer) -> ib.Image:
+    layers = [base] + [
+        ib.make_layer(ib.LayerBuilder().file(f"layer{i}/data", os.urandom(64 << 10)))
+        for i in range(60)
+    ]
+    return ib.build_image(layers)
+
+
+SHAPES = {"large": shape_large, "small-files": shape_small_files,
+          "many-layers": shape_many_layers}
+
+
+def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited: {log.read_text()[-3000:]}")
+        if socket.exists():
+            with grpc.insecure_channel(f"unix://{socket}") as channel:
+                try:
+                    cri_pb2_grpc.ImageServiceStub(channel).ListImages(
+                        cri_pb2.ListImagesRequest(), timeout=2)
+                    return
+                except grpc.RpcError:
+                    pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{process.args[0]} did not answer on {socket}: "
+                       f"{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def containerd(directory: Path, registry_host: str) -> Iterator[Path]:
+    certs = directory / "certs.d" / registry_host
+    certs.mkdir(parents=True)
+    (certs / "hosts.toml").write_text(
+        f'server = "http://{registry_host}"\n\n[host."http://{registry_host}"]\n'
+        '  capabilities = ["pull", "resolve"]\n')
+    socket = directory / "containerd.sock"
+    config = directory / "config.toml"
+    config.write_text(f"""version = 2
+root = "{directory}/root"
+state = "{directory}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{socket}"
+[ttrpc]
+  address = "{socket}.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{directory}/certs.d"
+""")
+    log = directory / "containerd.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(["containerd", "--config", str(config)], stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_for_socket(socket, process, log)
+        yield socket
+    finally:
+        stop(process)
+
+
+@contextlib.contextmanager
+def crisp(directory: Path) -> Iterator[Path]:
+    socket = directory / "run" / "crisp.sock"
+    config = directory / "crisp.toml"
+    config.write_text(f'root_dir = "{directory}/root"\nrun_dir = "{directory}/run"\n'
+                      f'socket = "{socket}"\nlog_level = "warning"\n')
+    log = directory / "crisp.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "crisp", "--config",
+                                    str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_socket(socket, process, log)
+        yield socket
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def time_pull(socket: Path, reference: str) -> float:
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        images = cri_pb2_grpc.ImageServiceStub(channel)
+        spec = cri_pb2.ImageSpec(image=reference)
+        started = time.perf_counter()
+        pulled = images.PullImage(cri_pb2.PullImageRequest(image=spec), timeout=600)
+        elapsed = time.perf_counter() - started
+        images.RemoveImage(cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(
+            image=pulled.image_ref)), timeout=600)
+        return elapsed
+
+
+def unmount_under(directory: Path) -> None:
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split()[4] for line in mountinfo]
+    for point in sorted((p for p in points if p.startswith(str(directory))), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/pull.py needs root (overlay layers, device nodes)", file=sys.stderr)
+        return 2
+    shapes = args.shapes.split(",")
+    print("building images ...", flush=True)
+    base = ib.make_layer(ib.busybox_rootfs())
+    built = {name: SHAPES[name](base) for name in shapes}
+    work = Path(tempfile.mkdtemp(prefix="crisp-bench-"))
+    results: dict[str, dict[str, list[float]]] = {}
+    try:
+        with running_registry(base_dir=None) as registry:
+            pusher = ib.RegistryPusher(registry.url)
+            for name, image in built.items():
+                pusher.push(f"bench/{name}", "latest", image)
+            (work / "containerd").mkdir()
+            (work / "crisp").mkdir()
+            with containerd(work / "containerd", registry.host) as ctr_socket, \
+                    crisp(work / "crisp") as crisp_socket:
+                for name in shapes:
+                    reference = f"{registry.host}/bench/{name}:latest"
+                    results[name] = {"crisp": [], "containerd": []}
+                    for _ in range(args.repeat):
+                        # alternate, so neither runtime always gets the warmer page cache
+                        results[name]["containerd"].append(time_pull(ctr_socket, reference))
+                        results[name]["crisp"].append(time_pull(crisp_socket, reference))
+    finally:
+        unmount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'shape':<14}{'layers':>7}{'MB':>8}{'crisp s':>10}{'containerd s':>14}"
+          f"{'crisp/containerd':>18}")
+    for name in shapes:
+        image = built[name]
+        size = sum(len(layer.data) for layer in image.layers) / 1e6
+        ours = statistics.median(results[name]["crisp"])
+        theirs = statistics.median(results[name]["containerd"])
+        print(f"{name:<14}{len(image.layers):>7}{size:>8.1f}{ours:>10.3f}{theirs:>14.3f}"
+              f"{ours / theirs:>18.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

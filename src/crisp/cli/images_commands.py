@@ -1,0 +1,236 @@
+"""``crispctl`` image commands: list, pull, rmi, inspecti, and images import/export.
+
+Import and export stream archives over crisp's extension service (crisp.images.v1) on the
+CRI socket: the client reads the archive or directory and sends the bytes; only the daemon
+writes crisp's store. See docs/images.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
+
+CHUNK = 1 << 20
+
+
+def add_image_commands(commands: Any) -> None:
+    """Add the image commands to crispctl's subparsers (``parser.add_subparsers()``)."""
+    images = commands.add_parser("images", help="list images, or import/export archives")
+    images.set_defaults(run=list_images)
+    images.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+    images.add_argument("--filter", metavar="REF", help="only the image this reference names")
+    sub = images.add_subparsers(dest="images_command", metavar="SUBCOMMAND")
+    importer = sub.add_parser(
+        "import", help="import a docker-save or OCI archive, or a directory with --rootfs")
+    importer.add_argument("source", help="archive file (- for stdin), or directory with --rootfs")
+    importer.add_argument("name", nargs="?", help="NAME:TAG of the image made with --rootfs")
+    importer.add_argument("--rootfs", action="store_true",
+                          help="make a one-layer image of the directory SOURCE (docker import)")
+    importer.add_argument("--base-name", default="",
+                          help="repository for archive images that carry only a tag")
+    importer.set_defaults(run=import_images)
+    exporter = sub.add_parser("export", help="write images to an archive (OCI layout and "
+                                             "docker-save in one)")
+    exporter.add_argument("references", nargs="+", metavar="REF")
+    exporter.add_argument("-o", "--output", required=True, help="archive file to write (- for "
+                                                                "stdout)")
+    exporter.set_defaults(run=export_images)
+
+    pull = commands.add_parser("pull", help="pull an image")
+    pull.add_argument("reference")
+    pull.add_argument("--creds", help="USERNAME[:PASSWORD] for the registry")
+    pull.add_argument("--auth", help="base64 of USERNAME:PASSWORD")
+    pull.set_defaults(run=pull_image)
+    rmi = commands.add_parser("rmi", help="remove images with all their tags")
+    rmi.add_argument("references", nargs="+", metavar="REF")
+    rmi.set_defaults(run=remove_images)
+    inspect = commands.add_parser("inspecti", help="an image's status and config as JSON")
+    inspect.add_argument("reference")
+    inspect.set_defaults(run=inspect_image)
+
+
+def _split(name: str) -> tuple[str, str]:
+    repository, _, tag = name.rpartition(":")
+    if "/" in tag or not repository:
+        return name, "<none>"
+    return repository, tag
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{size}B"
+
+
+def list_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = cri_pb2_grpc.ImageServiceStub(channel)
+    request = cri_pb2.ListImagesRequest()
+    if args.filter:
+        request.filter.image.image = args.filter
+    response = stub.ListImages(request, timeout=args.timeout)
+    if args.quiet:
+        for image in response.images:
+            print(image.id)
+        return 0
+    rows = [("IMAGE", "TAG", "IMAGE ID", "SIZE")]
+    for image in response.images:
+        short_id = image.id.removeprefix("sha256:")[:13]
+        names = list(image.repo_tags) or [
+            d.split("@")[0] + ":<none>" for d in image.repo_digests] or ["<none>:<none>"]
+        for name in names:
+            repository, tag = _split(name)
+            rows.append((repository, tag, short_id, _size(image.size)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+    return 0
+
+
+def pull_image(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = cri_pb2_grpc.ImageServiceStub(channel)
+    request = cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=args.reference))
+    if args.creds:
+        username, _, password = args.creds.partition(":")
+        request.auth.username = username
+        request.auth.password = password
+    if args.auth:
+        request.auth.auth = args.auth
+    response = stub.PullImage(request)
+    print(f"Image is up to date for {response.image_ref}")
+    return 0
+
+
+def remove_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = cri_pb2_grpc.ImageServiceStub(channel)
+    for reference in args.references:
+        stub.RemoveImage(cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(image=reference)),
+                         timeout=args.timeout)
+        print(f"Deleted: {reference}")
+    return 0
+
+
+def inspect_image(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    stub = cri_pb2_grpc.ImageServiceStub(channel)
+    response = stub.ImageStatus(cri_pb2.ImageStatusRequest(
+        image=cri_pb2.ImageSpec(image=args.reference), verbose=True), timeout=args.timeout)
+    if not response.HasField("image"):
+        print(f"crispctl: no such image {args.reference}", file=sys.stderr)
+        return 1
+    document: dict[str, Any] = {"status": json_format.MessageToDict(response.image)}
+    for key, value in response.info.items():
+        try:
+            document[key] = json.loads(value)
+        except ValueError:
+            document[key] = value
+    print(json.dumps(document, indent=2, sort_keys=True))
+    return 0
+
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    source = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    with source:
+        while chunk := source.read(CHUNK):
+            yield chunk
+
+
+class _Collector:
+    """A write-only file object that hands the tar stream out in pieces."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        return data
+
+
+def directory_tar_chunks(directory: Path) -> Iterator[bytes]:
+    """A tar of ``directory``'s contents (names relative to it, owners and modes kept)."""
+    collector = _Collector()
+    with tarfile.open(fileobj=collector, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for current, dirs, files in os.walk(directory):
+            dirs.sort()
+            for name in sorted(dirs) + sorted(files):
+                path = Path(current) / name
+                tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+                if sum(len(p) for p in collector.parts) >= CHUNK:
+                    yield collector.take()
+    yield collector.take()
+
+
+def _import_requests(header: crisp_images_pb2.ImportHeader,
+                     chunks: Iterator[bytes]) -> Iterator[crisp_images_pb2.ImportRequest]:
+    yield crisp_images_pb2.ImportRequest(header=header)
+    for chunk in chunks:
+        if chunk:
+            yield crisp_images_pb2.ImportRequest(data=chunk)
+
+
+def import_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = crisp_images_pb2_grpc.ImagesStub(channel)
+    if args.rootfs:
+        if not args.name:
+            print("crispctl: images import --rootfs needs DIR and NAME:TAG", file=sys.stderr)
+            return 2
+        directory = Path(args.source)
+        if not directory.is_dir():
+            print(f"crispctl: {directory} is not a directory", file=sys.stderr)
+            return 2
+        header = crisp_images_pb2.ImportHeader(kind=crisp_images_pb2.ImportHeader.ROOTFS,
+                                               name=args.name)
+        chunks = directory_tar_chunks(directory)
+    else:
+        if args.name:
+            print("crispctl: a NAME is only for --rootfs; use --base-name for archives",
+                  file=sys.stderr)
+            return 2
+        header = crisp_images_pb2.ImportHeader(kind=crisp_images_pb2.ImportHeader.ARCHIVE,
+                                               base_name=args.base_name)
+        chunks = _file_chunks(args.source)
+    response = stub.Import(_import_requests(header, chunks))
+    for image in response.images:
+        names = ", ".join(image.repo_tags) or "(no name)"
+        print(f"imported {image.id} {names}")
+    return 0
+
+
+def export_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = crisp_images_pb2_grpc.ImagesStub(channel)
+    stream = stub.Export(crisp_images_pb2.ExportRequest(references=args.references))
+    if args.output == "-":
+        for response in stream:
+            sys.stdout.buffer.write(response.data)
+        sys.stdout.buffer.flush()
+        return 0
+    output = Path(args.output)
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with open(partial, "wb") as out:
+            for response in stream:
+                out.write(response.data)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"exported {len(args.references)} reference(s) to {output}")
+    return 0

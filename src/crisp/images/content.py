@@ -1,0 +1,253 @@
+"""The content store: blobs named by their sha256 digest, verified while they stream in.
+
+``<root>/content/blobs/sha256/<hex>`` is a complete, verified blob; ``ingest/<hex>`` is a
+download in progress. A blob becomes visible only by an atomic rename after its size and digest
+matched and its data was fsynced, so a reader never sees a partial or wrong blob. Hashing and
+writing run in a worker thread, a megabyte at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from crisp.errors import InvalidArgument, NotFound
+from crisp.images.reference import validate_digest
+
+log = logging.getLogger(__name__)
+
+_FLUSH_AT = 1 << 20
+
+
+class DigestMismatch(InvalidArgument):
+    """A blob's content does not match the digest or size it was asked for by."""
+
+
+class Ingest:
+    """One blob being written: append chunks, then :meth:`commit` (verifies) or :meth:`abort`."""
+
+    def __init__(self, store: ContentStore, digest: str, size: int | None):
+        self.store = store
+        self.digest = digest
+        self.expected_size = size
+        self.path = store.ingest_dir / digest.removeprefix("sha256:")
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.offset = 0
+        self._fd = -1
+
+    def open(self, resume: bool) -> None:
+        """Open the ingest file (blocking); with ``resume`` keep and rehash what is there."""
+        self._hash = hashlib.sha256()
+        self.offset = 0
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        if not resume:
+            flags |= os.O_TRUNC
+        self._fd = os.open(self.path, flags, 0o644)
+        while chunk := os.read(self._fd, _FLUSH_AT):
+            self._hash.update(chunk)
+            self.offset += len(chunk)
+
+    async def restart(self) -> None:
+        """Throw away what was written (the server ignored our Range request)."""
+        self._pending.clear()
+        self._pending_size = 0
+        await asyncio.to_thread(self._truncate)
+
+    def _truncate(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._hash = hashlib.sha256()
+        self.offset = 0
+
+    async def write(self, chunk: bytes) -> None:
+        if self.expected_size is not None and self.written + len(chunk) > self.expected_size:
+            raise DigestMismatch(
+                f"blob {self.digest} is larger than the {self.expected_size} bytes it should be"
+            )
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= _FLUSH_AT:
+            await self.flush()
+
+    @property
+    def written(self) -> int:
+        return self.offset + self._pending_size
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        await asyncio.to_thread(self._write_blocking, data)
+
+    def _write_blocking(self, data: bytes) -> None:
+        self._hash.update(data)
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.offset += len(data)
+
+    async def commit(self) -> Path:
+        """Verify size and digest, then make the blob visible atomically; DigestMismatch if not."""
+        await self.flush()
+        return await asyncio.to_thread(self._commit_blocking)
+
+    def _commit_blocking(self) -> Path:
+        actual = "sha256:" + self._hash.hexdigest()
+        if self.expected_size is not None and self.offset != self.expected_size:
+            self._discard()
+            raise DigestMismatch(
+                f"blob {self.digest} has {self.offset} bytes, expected {self.expected_size}"
+            )
+        if actual != self.digest:
+            self._discard()
+            raise DigestMismatch(
+                f"blob {self.digest} has the wrong content (its digest is {actual})"
+            )
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        final = self.store.path(self.digest)
+        os.rename(self.path, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def _discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.path.unlink(missing_ok=True)
+
+    async def abort(self) -> None:
+        """Remove the partial blob: nothing half-written stays behind."""
+        self._pending.clear()
+        await asyncio.to_thread(self._discard)
+
+
+class ContentStore:
+    """Verified, content-addressed blobs on disk."""
+
+    def __init__(self, root: Path):
+        self.root = root / "content"
+        self.blob_dir = self.root / "blobs" / "sha256"
+        self.ingest_dir = self.root / "ingest"
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def setup(self) -> None:
+        """Create the directories and drop downloads a crash interrupted (blocking)."""
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        if self.ingest_dir.exists():
+            shutil.rmtree(self.ingest_dir)
+        self.ingest_dir.mkdir(parents=True)
+
+    def path(self, digest: str) -> Path:
+        validate_digest(digest)
+        return self.blob_dir / digest.removeprefix("sha256:")
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        return self.path(digest).stat().st_size
+
+    def lock(self, digest: str) -> asyncio.Lock:
+        """Held while a blob is being fetched, so concurrent pulls fetch it only once."""
+        return self._locks.setdefault(digest, asyncio.Lock())
+
+    async def read(self, digest: str) -> bytes:
+        path = self.path(digest)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as error:
+            raise NotFound(f"blob {digest} is not in the content store") from error
+
+    async def begin(self, digest: str, size: int | None, *, resume: bool = False) -> Ingest:
+        validate_digest(digest)
+        ingest = Ingest(self, digest, size)
+        await asyncio.to_thread(ingest.open, resume)
+        return ingest
+
+    async def put(self, digest: str, data: bytes, size: int | None = None) -> Path:
+        """Store ``data`` as ``digest`` (verified); a blob already there is kept."""
+        if self.has(digest):
+            return self.path(digest)
+        async with self.lock(digest):
+            if self.has(digest):
+                return self.path(digest)
+            ingest = await self.begin(digest, size if size is not None else len(data))
+            try:
+                await ingest.write(data)
+                return await ingest.commit()
+            except BaseException:
+                await ingest.abort()
+                raise
+
+    def put_file_blocking(
+        self, source: BinaryIO, digest: str | None = None, size: int | None = None
+    ) -> tuple[str, int]:
+        """Copy ``source`` in as a blob (blocking): verified if ``digest`` is given, else named
+        by what it hashes to. Returns the digest and size."""
+        fd, temp_name = tempfile.mkstemp(prefix="put-", dir=self.ingest_dir)
+        temp = Path(temp_name)
+        try:
+            hasher = hashlib.sha256()
+            total = 0
+            while chunk := source.read(_FLUSH_AT):
+                hasher.update(chunk)
+                total += len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            actual = "sha256:" + hasher.hexdigest()
+            if digest is not None and actual != digest:
+                raise DigestMismatch(
+                    f"blob {digest} has the wrong content (its digest is {actual})"
+                )
+            if size is not None and total != size:
+                raise DigestMismatch(f"blob {actual} has {total} bytes, expected {size}")
+            os.fsync(fd)
+            final = self.path(actual)
+            if not final.exists():
+                os.rename(temp, final)
+                _fsync_dir(final.parent)
+            return actual, total
+        finally:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+
+    def temp_path(self, prefix: str) -> Path:
+        """A fresh file name in the ingest directory (swept at start-up, so crash-safe)."""
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=self.ingest_dir)
+        os.close(fd)
+        return Path(name)
+
+    async def digests(self) -> set[str]:
+        names = await asyncio.to_thread(os.listdir, self.blob_dir)
+        return {f"sha256:{name}" for name in names}
+
+    async def delete(self, digest: str) -> None:
+        await asyncio.to_thread(self.path(digest).unlink, True)
+
+    async def total_size(self) -> int:
+        def total() -> int:
+            return sum(e.stat().st_blocks * 512 for e in os.scandir(self.blob_dir))
+
+        return await asyncio.to_thread(total)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,183 @@
+"""Pulling one image: resolve the manifest, fetch config and layers, unpack, record.
+
+Layers download in parallel (``images.max_concurrent_downloads``) and each is unpacked as soon
+as its blob is complete; blobs and layers other pulls already fetch are waited for, not
+fetched twice. The image record is written last, in one transaction, so a failed pull leaves
+at most verified blobs and complete layers that garbage collection removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from crisp.config import LiveConfig
+from crisp.errors import DeadlineExceeded, InvalidArgument
+from crisp.images.auth import Credentials
+from crisp.images.content import ContentStore
+from crisp.images.manifest import (
+    Descriptor,
+    Index,
+    Manifest,
+    parse_config,
+    parse_manifest,
+    select_platform,
+)
+from crisp.images.model import Image, LayerRef
+from crisp.images.progress import PullProgress
+from crisp.images.reference import Reference
+from crisp.images.registry import RegistryClient, RepositoryClient
+from crisp.storage import LayerStore, chain_ids
+
+log = logging.getLogger(__name__)
+
+PROGRESS_LOG_INTERVAL = 5.0
+
+
+class Puller:
+    def __init__(self, live: LiveConfig, client: RegistryClient, content: ContentStore,
+                 layers: LayerStore):
+        self.live = live
+        self.client = client
+        self.content = content
+        self.layers = layers
+        self.active: dict[int, PullProgress] = {}
+
+    async def pull(self, reference: Reference, credentials: Credentials | None) -> Image:
+        """Fetch and unpack ``reference``; return the image (not yet recorded)."""
+        progress = PullProgress(str(reference))
+        self.active[id(progress)] = progress
+        reporter = asyncio.create_task(self._report(progress))
+        timeout = self.live.current.images.pull_timeout or None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._pull(reference, credentials, progress)
+        except TimeoutError as error:
+            raise DeadlineExceeded(
+                f"pulling {reference} took longer than images.pull_timeout ({timeout:g}s)"
+            ) from error
+        finally:
+            reporter.cancel()
+            del self.active[id(progress)]
+
+    async def _report(self, progress: PullProgress) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_LOG_INTERVAL)
+            log.info("%s", progress.summary())
+
+    async def _pull(self, reference: Reference, credentials: Credentials | None,
+                    progress: PullProgress) -> Image:
+        repository = self.client.repository(reference, credentials)
+        top = await repository.fetch_manifest(reference.object)
+        document = parse_manifest(top.data, top.media_type)
+        await self.content.put(top.digest, top.data)
+        index_digest: str | None = None
+        manifest_digest, manifest_type = top.digest, top.media_type
+        if isinstance(document, Index):
+            index_digest = top.digest
+            chosen = select_platform(document)
+            child = await repository.fetch_manifest(chosen.digest)
+            document = parse_manifest(child.data, child.media_type)
+            if not isinstance(document, Manifest):
+                raise InvalidArgument(
+                    f"index entry {chosen.digest} of {reference} is not a manifest"
+                )
+            await self.content.put(child.digest, child.data)
+            manifest_digest, manifest_type = child.digest, child.media_type
+        manifest = document
+        config_path = await self._blob(repository, manifest.config, progress, log_it=False)
+        config_data = await asyncio.to_thread(config_path.read_bytes)
+        config = parse_config(config_data)
+        if len(config.diff_ids) != len(manifest.layers):
+            raise InvalidArgument(
+                f"{reference}: the manifest has {len(manifest.layers)} layers but the config "
+                f"lists {len(config.diff_ids)} diff ids"
+            )
+        chains = chain_ids(config.diff_ids)
+        for layer in manifest.layers:
+            progress.add(layer.digest, layer.size)
+        limit = asyncio.Semaphore(max(1, self.live.current.images.max_concurrent_downloads))
+        parents: list[str | None] = [None, *chains[:-1]]
+        try:
+            async with asyncio.TaskGroup() as group:
+                for layer, diff_id, chain, parent in zip(manifest.layers, config.diff_ids, chains,
+                                                         parents, strict=True):
+                    group.create_task(self._layer(repository, layer, diff_id, chain, parent,
+                                                  limit, progress))
+        except BaseExceptionGroup as group_error:
+            await self.layers.settle()
+            raise _first_error(group_error) from None
+        size = len(top.data) + manifest.config.size + sum(layer.size for layer in manifest.layers)
+        return Image(
+            id=manifest.config.digest,
+            repo_tags=[],
+            repo_digests=[],
+            size=size,
+            config=config,
+            manifest_digest=manifest_digest,
+            manifest_media_type=manifest_type,
+            layers=[
+                LayerRef(d.digest, d.media_type, d.size, diff_id, chain)
+                for d, diff_id, chain in zip(manifest.layers, config.diff_ids, chains, strict=True)
+            ],
+            index_digest=index_digest,
+            created_at=time.time(),
+        )
+
+    async def _layer(self, repository: RepositoryClient, descriptor: Descriptor, diff_id: str,
+                     chain: str, parent: str | None, limit: asyncio.Semaphore,
+                     progress: PullProgress) -> None:
+        entry = progress.layers[descriptor.digest]
+        if await self.layers.get(chain) is not None and self.content.has(descriptor.digest):
+            entry.state, entry.done = "exists", descriptor.size
+            return
+        async with limit:
+            blob = await self._blob(repository, descriptor, progress)
+        entry.state = "unpacking"
+        started = time.monotonic()
+        await self.layers.ensure(chain, parent, diff_id, blob)
+        entry.state = "done"
+        log.info("layer %s of %s ready (%d bytes, unpacked in %.2fs)", descriptor.digest,
+                 progress.reference, descriptor.size, time.monotonic() - started)
+
+    async def _blob(self, repository: RepositoryClient, descriptor: Descriptor,
+                    progress: PullProgress, log_it: bool = True) -> Path:
+        entry = progress.layers.get(descriptor.digest)
+        if self.content.has(descriptor.digest):
+            if entry:
+                entry.done = descriptor.size
+            return self.content.path(descriptor.digest)
+        async with self.content.lock(descriptor.digest):
+            if self.content.has(descriptor.digest):
+                return self.content.path(descriptor.digest)
+            ingest = await self.content.begin(descriptor.digest, descriptor.size)
+
+            def advance(n: int) -> None:
+                if entry is not None:
+                    entry.done = ingest.written  # also right after a resume or a restart
+
+            if entry is not None:
+                entry.state = "downloading"
+            try:
+                await repository.fetch_blob(descriptor, ingest, advance,
+                                            self.live.current.images.pull_progress_timeout)
+                path = await ingest.commit()
+            except BaseException:
+                await ingest.abort()
+                raise
+            if log_it:
+                log.info("downloaded %s of %s (%d bytes)", descriptor.digest, progress.reference,
+                         descriptor.size)
+            return path
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real failure of a group of layer tasks (the others were cancelled by it)."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_error(error)
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return group.exceptions[0]

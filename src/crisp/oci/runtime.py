@@ -1,0 +1,150 @@
+"""The OCI runtime command line (runc and compatible runtimes): state, start, kill, delete, exec.
+
+Every call is a subprocess; its stderr becomes the message of the error a client sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crisp.errors import RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """What ``runc state`` says about one container."""
+
+    id: str
+    status: str  # creating, created, running, stopped, paused
+    pid: int
+    bundle: str
+
+
+@dataclass(frozen=True)
+class CompletedCall:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class OCIRuntime:
+    """One OCI runtime binary with its own state root."""
+
+    def __init__(self, path: str, root: Path):
+        self.path = path
+        self.root = root
+
+    def base_args(self) -> list[str]:
+        return [self.path, "--root", str(self.root)]
+
+    async def _call(self, *args: str, seconds: float = 60.0) -> CompletedCall:
+        process = await asyncio.create_subprocess_exec(
+            *self.base_args(), *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), seconds)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise RuntimeFailure(
+                f"{self.path} {' '.join(args)} did not finish in {seconds:.0f}s"
+            ) from None
+        assert process.returncode is not None
+        return CompletedCall(process.returncode, stdout, stderr)
+
+    async def _checked(self, *args: str) -> bytes:
+        result = await self._call(*args)
+        if result.returncode != 0:
+            raise RuntimeFailure(
+                f"{Path(self.path).name} {args[0]} failed: {_message(result.stderr)}"
+            )
+        return result.stdout
+
+    async def state(self, container_id: str) -> RuntimeState | None:
+        """The runtime's view of the container, or None when it does not know it."""
+        result = await self._call("state", container_id)
+        if result.returncode != 0:
+            text = _message(result.stderr)
+            if "does not exist" in text or "not exist" in text or "no such" in text.lower():
+                return None
+            raise RuntimeFailure(f"{Path(self.path).name} state failed: {text}")
+        data: dict[str, Any] = json.loads(result.stdout)
+        return RuntimeState(
+            id=data["id"], status=data["status"], pid=int(data.get("pid") or 0),
+            bundle=data.get("bundle", ""),
+        )
+
+    async def list_ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        out = await self._checked("list", "--format", "json")
+        entries = json.loads(out or b"null") or []
+        return [entry["id"] for entry in entries]
+
+    async def start(self, container_id: str) -> None:
+        await self._checked("start", container_id)
+
+    async def kill(self, container_id: str, sig: int, *, all_processes: bool = False) -> None:
+        """Send ``sig``; a container that has already stopped is not an error."""
+        args = ["kill", *(["--all"] if all_processes else []), container_id,
+                signal.Signals(sig).name.removeprefix("SIG")]
+        result = await self._call(*args)
+        if result.returncode != 0:
+            text = _message(result.stderr)
+            if any(gone in text for gone in _GONE):
+                return
+            raise RuntimeFailure(f"{Path(self.path).name} kill failed: {text}")
+
+    async def delete(self, container_id: str) -> None:
+        """Forget the container (killing what is left of it); an unknown id is not an error."""
+        result = await self._call("delete", "--force", container_id)
+        if result.returncode != 0:
+            text = _message(result.stderr)
+            if "does not exist" in text or "not exist" in text:
+                return
+            raise RuntimeFailure(f"{Path(self.path).name} delete failed: {text}")
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """Change the cgroup limits of a created or running container."""
+        process = await asyncio.create_subprocess_exec(
+            *self.base_args(), "update", "--resources", "-", container_id,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await process.communicate(json.dumps(resources).encode())
+        if process.returncode != 0:
+            raise RuntimeFailure(f"{Path(self.path).name} update failed: {_message(stderr)}")
+
+    def exec_args(self, container_id: str, process_file: Path, pid_file: Path) -> list[str]:
+        """The command line that runs the process described by ``process_file`` in the container."""
+        return [*self.base_args(), "exec", "--process", str(process_file),
+                "--pid-file", str(pid_file), container_id]
+
+
+_GONE = ("not running", "does not exist", "process already finished", "container not found")
+
+
+def _message(stderr: bytes) -> str:
+    """runc's last error line, without its logrus decoration."""
+    text = stderr.decode(errors="replace").strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return str(json.loads(line).get("msg", line))
+            except ValueError:
+                return line
+        if 'msg="' in line:
+            return line.split('msg="', 1)[1].rsplit('"', 1)[0]
+    return lines[-1] if lines else "(no output)"

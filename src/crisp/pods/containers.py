@@ -1,0 +1,472 @@
+"""The container lifecycle: create, start, stop, remove, and recording how containers end.
+
+Every step that changes the world is journaled first (``container.create``,
+``container.remove``) so that :mod:`crisp.pods.recovery` can roll a half-done create back or
+finish a half-done remove after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import posixpath
+import secrets
+import shutil
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
+from crisp.oci.backend import RuntimeBackend
+from crisp.oci.conmon import MonitorOptions, read_exit_code
+from crisp.oci.spec import PodPaths, SpecInputs, build_spec, linux_resources
+from crisp.oci.users import resolve_user
+from crisp.pods.context import PodContext
+from crisp.pods.events import EventKind, LifecycleEvent
+from crisp.pods.exits import ExitWatcher
+from crisp.pods.failpoints import failpoint
+from crisp.pods.host import own_oom_score_adj, process_start_time, write_atomic
+from crisp.pods.model import (
+    Container,
+    ContainerConfig,
+    ContainerState,
+    ImageRuntimeConfig,
+    NamespaceMode,
+    Resources,
+    Sandbox,
+    SandboxState,
+    container_name,
+)
+
+log = logging.getLogger(__name__)
+
+KILL_WAIT = 30.0  # seconds to wait for a container to die after SIGKILL
+OUTPUT_LOG = "output.log"  # where conmon logs a container whose config names no log path
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def signal_number(name: str) -> int:
+    """A signal given by name ("SIGTERM", "TERM") or number; InvalidArgument otherwise."""
+    text = name.strip().upper()
+    if not text:
+        return int(signal.SIGTERM)
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < 65:
+            return number
+    else:
+        try:
+            return int(signal.Signals[text if text.startswith("SIG") else f"SIG{text}"])
+        except KeyError:
+            pass
+    raise InvalidArgument(f"stop signal {name!r} is not a signal name or number")
+
+
+class ContainerManager:
+    def __init__(self, ctx: PodContext):
+        self.ctx = ctx
+        self.watcher = ExitWatcher(self.record_exit)
+        self._exited: dict[str, asyncio.Event] = {}
+
+    # Create ------------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: ContainerConfig) -> Container:
+        store = self.ctx.store
+        sandbox = store.sandbox(sandbox_id)
+        _validate(config)
+        if sandbox.state != SandboxState.READY:
+            raise FailedPrecondition(
+                f"pod sandbox {sandbox_id} is not ready (it was stopped); create a new pod"
+            )
+        container_id = new_id()
+        unique = container_name(sandbox, config.metadata)
+        store.reserve("ctr", unique, container_id)
+        try:
+            backend = self.ctx.backend(sandbox.runtime_handler)
+            image = await self.ctx.images.runtime_config(config.image)
+            async with store.lock(container_id):
+                container = await self.build(sandbox, config, image, backend, container_id,
+                                             unique, infra=False)
+        except BaseException:
+            store.release("ctr", unique, container_id)
+            raise
+        self.publish(container, EventKind.CREATED)
+        return container
+
+    async def build(self, sandbox: Sandbox, config: ContainerConfig, image: ImageRuntimeConfig,
+                    backend: RuntimeBackend, container_id: str, unique: str,
+                    infra: bool) -> Container:
+        """Make the rootfs, bundle and conmon of a container; roll all back if any step fails."""
+        ctx = self.ctx
+        operation = await ctx.journal.begin(
+            "container.create", container_id, "prepare",
+            {"sandbox_id": sandbox.id, "handler": backend.name, "infra": infra},
+        )
+        files = ctx.layout.files(container_id)
+        try:
+            rootfs = await ctx.rootfs.prepare(container_id, image.lower_dirs)
+            failpoint("container.create.rootfs")
+            user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
+                                           config.security)
+            stop_signal = config.stop_signal or image.stop_signal or "SIGTERM"
+            signal_number(stop_signal)
+            spec = build_spec(SpecInputs(
+                config=config, image=image, rootfs=str(rootfs), user=user,
+                pod=self._pod_paths(sandbox, config),
+                cgroups_path=ctx.cgroup_driver.container_cgroups_path(
+                    sandbox.config.cgroup_parent, container_id),
+                min_oom_score_adj=own_oom_score_adj(),
+                annotations={"io.kubernetes.cri.container-type": "sandbox" if infra
+                             else "container",
+                             "io.kubernetes.cri.sandbox-id": sandbox.id},
+                cgroup_v2=bool(ctx.cgroup_host and ctx.cgroup_host.is_unified),
+            ))
+            log_path = _log_path(sandbox, config)
+            conmon_log = log_path or str(files.bundle / OUTPUT_LOG)
+            await asyncio.to_thread(_write_bundle, files.bundle, spec, Path(conmon_log))
+            await ctx.journal.advance(operation, "monitor")
+            created = await backend.conmon.create(files, MonitorOptions(
+                name=unique, log_path=conmon_log, tty=config.tty, stdin=config.stdin,
+                stdin_once=config.stdin_once,
+            ))
+            container = Container(
+                id=container_id, sandbox_id=sandbox.id, config=config, image=image,
+                created_at=time.time_ns(), log_path=log_path,
+                runtime_handler=backend.name, bundle=str(files.bundle), unique_name=unique,
+                rootfs=str(rootfs), user=user, pid=created.pid, monitor_pid=created.monitor_pid,
+                monitor_start_time=process_start_time(created.monitor_pid), infra=infra,
+                stop_signal=stop_signal,
+            )
+            failpoint("container.create.monitor")
+            self._exited[container_id] = asyncio.Event()
+            if not infra:
+                await ctx.store.save_container(container)
+        except BaseException:
+            await asyncio.shield(self.destroy(container_id, backend))
+            await ctx.journal.finish(operation)
+            raise
+        failpoint("container.create.saved")
+        await ctx.journal.finish(operation)
+        self.watch(container)
+        return container
+
+    def _pod_paths(self, sandbox: Sandbox, config: ContainerConfig) -> PodPaths:
+        ns = sandbox.namespace_paths
+        pid_mode = config.security.namespaces.pid
+        if pid_mode == NamespaceMode.POD and sandbox.config.namespaces.pid != NamespaceMode.POD:
+            # "The pod's" PID namespace of a pod without a shared one: the container's own,
+            # or the host's for a host-PID pod.
+            pid_mode = sandbox.config.namespaces.pid
+        pid_ns = ""
+        if pid_mode == NamespaceMode.POD:
+            if sandbox.infra is None or sandbox.infra.state != ContainerState.RUNNING:
+                raise FailedPrecondition(
+                    f"pod sandbox {sandbox.id} has no running infra process to share its PID "
+                    "namespace (it was created with a different PID mode)"
+                )
+            pid_ns = f"/proc/{sandbox.infra.pid}/ns/pid"
+        elif pid_mode == NamespaceMode.TARGET:
+            target = self.ctx.store.containers.get(config.security.namespaces.target_id)
+            if target is None or target.sandbox_id != sandbox.id:
+                raise NotFound(
+                    f"target container {config.security.namespaces.target_id!r} of the PID "
+                    f"namespace is not a container of pod {sandbox.id}"
+                )
+            if target.state != ContainerState.RUNNING:
+                raise FailedPrecondition(f"target container {target.id} is not running")
+            pid_ns = f"/proc/{target.pid}/ns/pid"
+        return PodPaths(
+            network_ns=ns.get("net", ""), ipc_ns=ns.get("ipc", ""), uts_ns=ns.get("uts", ""),
+            pid_ns=pid_ns, pid_mode=pid_mode,
+            hostname_file=str(Path(sandbox.pod_dir) / "hostname") if sandbox.pod_dir else "",
+            hosts_file=str(Path(sandbox.pod_dir) / "hosts") if sandbox.pod_dir else "",
+            resolv_conf=str(Path(sandbox.pod_dir) / "resolv.conf") if sandbox.pod_dir else "",
+            shm=sandbox.shm_path, hostname=sandbox.config.hostname,
+            sysctls=dict(sandbox.config.sysctls),
+        )
+
+    # Start, stop ---------------------------------------------------------------------------
+
+    async def start(self, container_id: str) -> Container:
+        store = self.ctx.store
+        async with store.lock(container_id):
+            container = store.container(container_id)
+            if container.state != ContainerState.CREATED:
+                raise FailedPrecondition(
+                    f"container {container_id} is {container.state}, only a created container "
+                    "can be started"
+                )
+            backend = self.ctx.backend(container.runtime_handler)
+            started_at = time.time_ns()  # the process may end before runc start returns
+            try:
+                await backend.runtime.start(container_id)
+                failpoint("container.start.started")
+            except RuntimeFailure as error:
+                await self._record_failed_start(container, str(error))
+                raise
+            container.state = ContainerState.RUNNING
+            container.started_at = started_at
+            await self.save(container)
+        self.publish(container, EventKind.STARTED)
+        return container
+
+    async def start_infra(self, container: Container) -> None:
+        backend = self.ctx.backend(container.runtime_handler)
+        container.started_at = time.time_ns()
+        await backend.runtime.start(container.id)
+        container.state = ContainerState.RUNNING
+
+    async def _record_failed_start(self, container: Container, message: str) -> None:
+        container.state = ContainerState.EXITED
+        container.finished_at = time.time_ns()
+        container.exit_code = 128
+        container.reason = "StartError"
+        container.message = message
+        await self.save(container)
+        self._exit_event(container.id).set()
+
+    async def stop(self, container_id: str, grace: float) -> None:
+        """Stop signal, then SIGKILL after ``grace`` seconds; a gone or stopped one is fine."""
+        container = self.ctx.store.containers.get(container_id)
+        if container is None:
+            return
+        await self.stop_container(container, grace)
+
+    async def stop_container(self, container: Container, grace: float) -> None:
+        if container.state in (ContainerState.EXITED, ContainerState.UNKNOWN):
+            return
+        backend = self.ctx.backend(container.runtime_handler)
+        exited = self._exit_event(container.id)
+        if grace > 0 and container.state == ContainerState.RUNNING:
+            await backend.runtime.kill(container.id, signal_number(container.stop_signal))
+            try:
+                await asyncio.wait_for(exited.wait(), grace)
+                return
+            except TimeoutError:
+                log.info("container %s outlived its %ss stop grace period; killing it",
+                         container.id, grace)
+        await backend.runtime.kill(container.id, signal.SIGKILL, all_processes=True)
+        try:
+            await asyncio.wait_for(exited.wait(), KILL_WAIT)
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"container {container.id} did not exit {KILL_WAIT:.0f}s after SIGKILL"
+            ) from None
+
+    # Exits ---------------------------------------------------------------------------------
+
+    def watch(self, container: Container) -> None:
+        self._exit_event(container.id)
+        self.watcher.watch(container.id, container.monitor_pid, container.monitor_start_time)
+
+    def _exit_event(self, container_id: str) -> asyncio.Event:
+        event = self._exited.get(container_id)
+        if event is None:
+            event = self._exited[container_id] = asyncio.Event()
+        return event
+
+    def find(self, container_id: str) -> Container | None:
+        """A container or an infra container by id."""
+        container = self.ctx.store.containers.get(container_id)
+        if container is not None:
+            return container
+        for sandbox in self.ctx.store.sandboxes.values():
+            if sandbox.infra is not None and sandbox.infra.id == container_id:
+                return sandbox.infra
+        return None
+
+    async def record_exit(self, container_id: str) -> None:
+        """conmon ended: record the exit code, the time and why, from the files it left."""
+        async with self.ctx.store.lock(container_id):
+            container = self.find(container_id)
+            if container is None or container.state in (ContainerState.EXITED,
+                                                        ContainerState.UNKNOWN):
+                self._exit_event(container_id).set()
+                return
+            files = self.ctx.layout.files(container_id)
+            code = await asyncio.to_thread(read_exit_code, files)
+            finished_at = await asyncio.to_thread(_mtime_ns, files.exit_file)
+            oom_killed = await asyncio.to_thread(self._oom_killed, container)
+            if container.state == ContainerState.CREATED and code is None:
+                # conmon of a never-started container went away (runc delete or a reboot).
+                code = 255
+            # Readers see the record change all at once: no await from here to the save.
+            if oom_killed:
+                container.reason = "OOMKilled"
+            elif code is None:
+                container.reason = "Error"
+                container.message = "the container's monitor ended without recording an exit code"
+            else:
+                container.reason = "Completed" if code == 0 else "Error"
+            container.exit_code = 255 if code is None else code
+            container.finished_at = max(finished_at or time.time_ns(), container.started_at)
+            container.state = ContainerState.EXITED
+            if container.infra:
+                sandbox = self.ctx.store.sandboxes.get(container.sandbox_id)
+                if sandbox is not None and sandbox.state == SandboxState.READY:
+                    log.warning("the infra process of pod %s ended; the pod is not ready",
+                                sandbox.id)
+                    sandbox.state = SandboxState.NOTREADY
+            await self.save(container)
+        self._exit_event(container_id).set()
+        self.publish(container, EventKind.STOPPED)
+
+    def _oom_killed(self, container: Container) -> bool:
+        if self.ctx.layout.files(container.id).oom_file.exists():
+            return True
+        host = self.ctx.cgroup_host
+        if host is None:
+            return False
+        try:
+            cgroups_path = self.ctx.cgroup_driver.container_cgroups_path(
+                self.ctx.store.sandboxes[container.sandbox_id].config.cgroup_parent
+                if container.sandbox_id in self.ctx.store.sandboxes else "", container.id)
+            cgroup = self.ctx.cgroup_driver.container_cgroup(cgroups_path)
+        except Exception:  # no cgroup, no OOM evidence
+            return False
+        directory = host.controller_dir("memory", cgroup)
+        if directory is None:
+            return False
+        for name, key in (("memory.oom_control", "oom_kill"), ("memory.events", "oom_kill")):
+            try:
+                text = (directory / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == key and parts[1] != "0":
+                    return True
+        return False
+
+    # Remove ------------------------------------------------------------------------------
+
+    async def remove(self, container_id: str) -> None:
+        """Stop (at once) and delete the container and its files; an unknown id is fine."""
+        store = self.ctx.store
+        container = store.containers.get(container_id)
+        if container is None:
+            return
+        await self.stop_container(container, 0)
+        async with store.lock(container_id):
+            if container_id not in store.containers:
+                return
+            operation = await self.ctx.journal.begin(
+                "container.remove", container_id, "destroy",
+                {"handler": container.runtime_handler},
+            )
+            await self.destroy(container_id, self.ctx.backend(container.runtime_handler))
+            failpoint("container.remove.destroyed")
+            await store.delete_container(container)
+            await self.ctx.journal.finish(operation)
+        store.forget_lock(container_id)
+        self.publish(container, EventKind.DELETED)
+
+    async def destroy(self, container_id: str, backend: RuntimeBackend) -> None:
+        """Remove every trace of a container but its record and log; each step idempotent."""
+        self.watcher.forget(container_id)
+        await backend.runtime.delete(container_id)
+        failpoint("container.destroy.runtime")
+        await self.ctx.rootfs.remove(container_id)
+        files = self.ctx.layout.files(container_id)
+        await asyncio.to_thread(_remove_files, files.bundle, files.exit_file,
+                                files.socket_dir / container_id)
+        self._exited.pop(container_id, None)
+
+    # Helpers -----------------------------------------------------------------------------
+
+    async def save(self, container: Container) -> None:
+        if container.infra:
+            sandbox = self.ctx.store.sandboxes.get(container.sandbox_id)
+            if sandbox is not None and sandbox.infra is container:
+                await self.ctx.store.save_sandbox(sandbox)
+            return
+        if container.id in self.ctx.store.containers:
+            await self.ctx.store.save_container(container)
+
+    def publish(self, container: Container, kind: EventKind) -> None:
+        if container.infra:
+            return
+        sandbox = self.ctx.store.sandboxes.get(container.sandbox_id)
+        self.ctx.events.publish(LifecycleEvent(
+            object_id=container.id, kind=kind,
+            sandbox=replace(sandbox) if sandbox else None,
+            containers=[replace(c) for c in self.ctx.store.containers_of(container.sandbox_id)],
+        ))
+
+    async def update_resources(self, container_id: str, resources: Resources) -> None:
+        """Apply new cgroup limits to a live container and keep them for its status."""
+        store = self.ctx.store
+        async with store.lock(container_id):
+            container = store.container(container_id)
+            if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+                raise FailedPrecondition(
+                    f"container {container_id} is {container.state}: only a created or "
+                    "running container's resources can be updated"
+                )
+            wanted = linux_resources(resources)
+            if wanted:
+                backend = self.ctx.backend(container.runtime_handler)
+                await backend.runtime.update(container_id, wanted)
+            container.config = replace(container.config, resources=resources)
+            await self.save(container)
+
+    def reopen_log(self, container_id: str) -> None:
+        container = self.ctx.store.container(container_id)
+        if container.state != ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"container {container_id} is {container.state}: only a running container's "
+                "log can be reopened"
+            )
+        backend = self.ctx.backend(container.runtime_handler)
+        backend.conmon.reopen_log(self.ctx.layout.files(container_id))
+
+
+def _validate(config: ContainerConfig) -> None:
+    if not config.metadata.name:
+        raise InvalidArgument("container metadata.name is required")
+    if not config.image:
+        raise InvalidArgument(f"container {config.metadata.name!r} names no image")
+
+
+def _log_path(sandbox: Sandbox, config: ContainerConfig) -> str:
+    if not config.log_path:
+        return ""
+    if ".." in Path(config.log_path).parts:
+        raise InvalidArgument(f"log_path {config.log_path!r} must not contain '..'")
+    directory = sandbox.config.log_directory
+    if not directory:
+        if not posixpath.isabs(config.log_path):
+            raise InvalidArgument(
+                f"log_path {config.log_path!r} is relative but the pod has no log_directory"
+            )
+        return config.log_path
+    return posixpath.join(directory, config.log_path)
+
+
+def _write_bundle(bundle: Path, spec: dict[str, Any], log_path: Path) -> None:
+    bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(bundle / "config.json", json.dumps(spec, indent=1).encode(), mode=0o600)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_files(bundle: Path, exit_file: Path, socket_link: Path) -> None:
+    shutil.rmtree(bundle, ignore_errors=True)
+    exit_file.unlink(missing_ok=True)
+    if socket_link.is_symlink() or socket_link.is_file():
+        socket_link.unlink(missing_ok=True)
+    elif socket_link.is_dir():
+        shutil.rmtree(socket_link, ignore_errors=True)
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,39 @@
+"""What the pod lifecycle needs from the image, storage and network packages.
+
+Kept as protocols so that the lifecycle code states its needs in its own terms; the
+adapters in :mod:`crisp.pods.adapters` fit the real services to them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from crisp.pods.model import ImageRuntimeConfig, Sandbox
+
+
+class ImageSource(Protocol):
+    async def runtime_config(self, reference: str) -> ImageRuntimeConfig:
+        """The image's config and layer dirs; NotFound when the image is not present."""
+
+    async def ensure(self, reference: str) -> ImageRuntimeConfig:
+        """Like :meth:`runtime_config`, pulling the image first if it is not present."""
+
+
+class RootfsStore(Protocol):
+    async def prepare(self, key: str, lower_dirs: list[str]) -> Path:
+        """Mount a writable overlay of ``lower_dirs`` for ``key``; return its path."""
+
+    async def unmount(self, key: str) -> None:
+        """Unmount the rootfs of ``key``, keeping its upper dir; idempotent."""
+
+    async def remove(self, key: str) -> None:
+        """Unmount and delete everything of ``key``; idempotent."""
+
+
+class PodNetwork(Protocol):
+    async def setup(self, sandbox: Sandbox, netns_path: str) -> list[str]:
+        """Attach the pod's network namespace; return its IPs, primary first."""
+
+    async def teardown(self, sandbox: Sandbox, netns_path: str) -> None:
+        """Detach the pod's network; idempotent, works after a restart."""

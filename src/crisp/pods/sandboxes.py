@@ -1,0 +1,244 @@
+"""The pod sandbox lifecycle: namespaces, pod files, network, and the infra process if needed.
+
+Pods are infra-less: the network, IPC and UTS namespaces are pinned files that containers join
+by path. Only a pod that shares one PID namespace among its containers (or a config that asks
+for it) gets an infra process, started from the pause image, whose PID namespace the
+containers join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from crisp.errors import InvalidArgument
+from crisp.pods.codec import to_document
+from crisp.pods.containers import ContainerManager, new_id
+from crisp.pods.context import PodContext
+from crisp.pods.events import EventKind, LifecycleEvent
+from crisp.pods.failpoints import failpoint
+from crisp.pods.model import (
+    Container,
+    ContainerConfig,
+    ContainerMetadata,
+    ContainerState,
+    NamespaceMode,
+    NamespaceOptions,
+    Sandbox,
+    SandboxConfig,
+    SandboxState,
+    SecurityContext,
+)
+from crisp.pods.namespaces import create_namespaces, release_namespaces
+from crisp.pods.podfiles import release_shm, remove_pod_files, write_pod_files
+
+log = logging.getLogger(__name__)
+
+HOSTNAME_LIMIT = 64
+
+
+class SandboxManager:
+    def __init__(self, ctx: PodContext, containers: ContainerManager):
+        self.ctx = ctx
+        self.containers = containers
+
+    # Run ---------------------------------------------------------------------------------
+
+    async def run(self, config: SandboxConfig, runtime_handler: str) -> Sandbox:
+        _validate(config)
+        ctx = self.ctx
+        backend = ctx.backend(runtime_handler)
+        sandbox = Sandbox(
+            id=new_id(), config=config, runtime_handler=backend.name,
+            created_at=time.time_ns(),
+        )
+        ctx.store.reserve("pod", sandbox.name, sandbox.id)
+        try:
+            async with ctx.store.lock(sandbox.id):
+                await self._run(sandbox)
+        except BaseException:
+            ctx.store.release("pod", sandbox.name, sandbox.id)
+            raise
+        self.publish(sandbox, EventKind.CREATED)
+        self.publish(sandbox, EventKind.STARTED)
+        return sandbox
+
+    async def _run(self, sandbox: Sandbox) -> None:
+        ctx = self.ctx
+        config = sandbox.config
+        options = config.namespaces
+        progress: dict[str, Any] = {"handler": sandbox.runtime_handler,
+                                    "config": to_document(config)}
+        operation = await ctx.journal.begin("sandbox.run", sandbox.id, "namespaces", progress)
+        try:
+            kinds = []
+            if options.network != NamespaceMode.NODE:
+                kinds += ["net", "uts"]
+            if options.ipc != NamespaceMode.NODE:
+                kinds.append("ipc")
+            hostname = config.hostname
+            if not hostname and options.network != NamespaceMode.NODE:
+                hostname = config.metadata.name[:HOSTNAME_LIMIT]
+            sandbox.config = replace(config, hostname=hostname)
+            pinned = await create_namespaces(ctx.layout.namespace_dir(sandbox.id), kinds,
+                                             hostname)
+            sandbox.namespace_paths = pinned.paths
+            progress["namespaces"] = pinned.paths
+            await ctx.journal.advance(operation, "files", progress)
+            failpoint("sandbox.run.namespaces")
+            pod_dir = ctx.layout.pod_dir(sandbox.id)
+            files = await write_pod_files(
+                pod_dir, hostname if "uts" in kinds else _host_hostname(), config.dns,
+                host_network="net" not in kinds, private_shm="ipc" in kinds,
+            )
+            sandbox.pod_dir = str(pod_dir)
+            sandbox.shm_path = files.shm
+            if "net" in kinds and ctx.network is not None:
+                await ctx.journal.advance(operation, "network")
+                sandbox.ips = await ctx.network.setup(sandbox, pinned.paths["net"])
+                sandbox.network_ready = True
+                failpoint("sandbox.run.network")
+            if options.pid == NamespaceMode.POD or ctx.live.current.pod.infra_container:
+                progress["infra_id"] = infra_id = new_id()
+                await ctx.journal.advance(operation, "infra", progress)
+                sandbox.infra = await self._start_infra(sandbox, infra_id)
+                failpoint("sandbox.run.infra")
+            sandbox.state = SandboxState.READY
+            await ctx.store.save_sandbox(sandbox)
+        except BaseException:
+            await asyncio.shield(self.release(sandbox))
+            await asyncio.shield(self.remove_files(sandbox.id))
+            await ctx.journal.finish(operation)
+            raise
+        await ctx.journal.finish(operation)
+
+    async def _start_infra(self, sandbox: Sandbox, infra_id: str) -> Container:
+        ctx = self.ctx
+        image = await ctx.images.ensure(ctx.live.current.pod.pause_image)
+        config = ContainerConfig(
+            metadata=ContainerMetadata(name="POD"),
+            image=ctx.live.current.pod.pause_image,
+            security=SecurityContext(
+                namespaces=NamespaceOptions(pid=NamespaceMode.CONTAINER),
+                privileged=False,
+            ),
+            labels=dict(sandbox.config.labels),
+        )
+        container = await self.containers.build(
+            sandbox, config, image, ctx.backend(sandbox.runtime_handler), infra_id,
+            f"POD_{sandbox.name}", infra=True,
+        )
+        try:
+            await self.containers.start_infra(container)
+        except BaseException:
+            await asyncio.shield(self.containers.destroy(infra_id,
+                                                         ctx.backend(sandbox.runtime_handler)))
+            raise
+        return container
+
+    # Stop, remove ------------------------------------------------------------------------
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop every container, the infra process and the network; idempotent."""
+        sandbox = self.ctx.store.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return
+        grace = self.ctx.live.current.pod.stop_timeout
+        await asyncio.gather(*(
+            self.containers.stop_container(container, grace)
+            for container in self.ctx.store.containers_of(sandbox_id)
+        ))
+        async with self.ctx.store.lock(sandbox_id):
+            if sandbox_id not in self.ctx.store.sandboxes:
+                return
+            was_ready = sandbox.state == SandboxState.READY
+            failpoint("sandbox.stop.containers")
+            await self.release(sandbox)
+            failpoint("sandbox.stop.released")
+            sandbox.state = SandboxState.NOTREADY
+            await self.ctx.store.save_sandbox(sandbox)
+        if was_ready:
+            self.publish(sandbox, EventKind.STOPPED)
+
+    async def release(self, sandbox: Sandbox) -> None:
+        """Give back what a ready pod holds (infra, network, shm, namespaces); idempotent."""
+        ctx = self.ctx
+        if sandbox.infra is not None:
+            if sandbox.infra.state in (ContainerState.CREATED, ContainerState.RUNNING):
+                await self.containers.stop_container(sandbox.infra, 0)
+            await self.containers.destroy(sandbox.infra.id, ctx.backend(sandbox.runtime_handler))
+        net = sandbox.namespace_paths.get("net")
+        if net and ctx.network is not None:
+            # Always: teardown is a no-op for a pod the network never saw, and it must also
+            # run for one whose setup failed half-way and could not be undone at once.
+            await ctx.network.teardown(sandbox, net)
+        sandbox.network_ready = False
+        await release_shm(ctx.layout.pod_dir(sandbox.id))
+        await release_namespaces(ctx.layout.namespace_dir(sandbox.id))
+
+    async def remove(self, sandbox_id: str) -> None:
+        """Stop the pod, remove its containers and every file of it; an unknown id is fine."""
+        store = self.ctx.store
+        sandbox = store.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return
+        for container in store.containers_of(sandbox_id):
+            await self.containers.stop_container(container, 0)
+        await self.stop(sandbox_id)
+        async with store.lock(sandbox_id):
+            if sandbox_id not in store.sandboxes:
+                return
+            operation = await self.ctx.journal.begin("sandbox.remove", sandbox_id, "containers",
+                                                     {"handler": sandbox.runtime_handler})
+            for container in store.containers_of(sandbox_id):
+                await self.containers.remove(container.id)
+            failpoint("sandbox.remove.containers")
+            await self.release(sandbox)
+            await self.remove_files(sandbox_id)
+            failpoint("sandbox.remove.files")
+            await store.delete_sandbox(sandbox)
+            await self.ctx.journal.finish(operation)
+        store.forget_lock(sandbox_id)
+        self.publish(sandbox, EventKind.DELETED)
+
+    async def remove_files(self, sandbox_id: str) -> None:
+        await remove_pod_files(self.ctx.layout.pod_dir(sandbox_id))
+        await release_namespaces(self.ctx.layout.namespace_dir(sandbox_id))
+        await asyncio.to_thread(_rmtree, self.ctx.layout.pod_run_dir(sandbox_id))
+
+    def publish(self, sandbox: Sandbox, kind: EventKind) -> None:
+        self.ctx.events.publish(LifecycleEvent(
+            object_id=sandbox.id, kind=kind, sandbox=replace(sandbox),
+            containers=[replace(c) for c in self.ctx.store.containers_of(sandbox.id)],
+        ))
+
+
+def _validate(config: SandboxConfig) -> None:
+    metadata = config.metadata
+    for field_name in ("name", "uid", "namespace"):
+        if not getattr(metadata, field_name):
+            raise InvalidArgument(f"pod sandbox metadata.{field_name} is required")
+    if config.namespaces.network not in (NamespaceMode.POD, NamespaceMode.NODE):
+        raise InvalidArgument("a pod's network namespace mode must be POD or NODE")
+    if config.namespaces.ipc not in (NamespaceMode.POD, NamespaceMode.NODE):
+        raise InvalidArgument("a pod's IPC namespace mode must be POD or NODE")
+    if config.namespaces.pid == NamespaceMode.TARGET:
+        raise InvalidArgument("a pod's PID namespace mode cannot be TARGET (only a container's)")
+    if len(config.hostname) > HOSTNAME_LIMIT or any(c.isspace() for c in config.hostname):
+        raise InvalidArgument(f"hostname {config.hostname!r} is not a valid host name")
+    if config.log_directory and not config.log_directory.startswith("/"):
+        raise InvalidArgument(f"log_directory {config.log_directory!r} must be absolute")
+
+
+def _host_hostname() -> str:
+    return socket.gethostname()
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,194 @@
+"""The pods service the CRI servicers call: sandboxes, containers, exec, logs and events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from crisp.config import LiveConfig
+from crisp.errors import InvalidArgument, NotFound
+from crisp.pods.codec import to_document
+from crisp.pods.containers import ContainerManager
+from crisp.pods.context import PodContext, finish_even_if_cancelled
+from crisp.pods.events import LifecycleEvent
+from crisp.pods.execsync import ExecResult, exec_sync
+from crisp.pods.model import (
+    Container,
+    ContainerConfig,
+    ContainerState,
+    Resources,
+    Sandbox,
+    SandboxConfig,
+    SandboxState,
+    labels_match,
+)
+from crisp.pods.ports import ImageSource, PodNetwork, RootfsStore
+from crisp.pods.recovery import Recovery
+from crisp.pods.sandboxes import SandboxManager
+from crisp.pods.store import PodStore
+from crisp.state import Database, Journal
+
+T = TypeVar("T")
+
+
+class PodService:
+    """Owns every pod sandbox and container of the daemon."""
+
+    def __init__(self, ctx: PodContext):
+        self.ctx = ctx
+        self.containers = ContainerManager(ctx)
+        self.sandboxes = SandboxManager(ctx, self.containers)
+
+    @classmethod
+    async def open(cls, live: LiveConfig, db: Database, images: ImageSource,
+                   rootfs: RootfsStore, network: PodNetwork | None = None) -> PodService:
+        """Load the records and reconcile them with the host (crash recovery)."""
+        store = PodStore(db)
+        await store.load()
+        service = cls(PodContext.build(live, store, Journal(db), images, rootfs, network))
+        await Recovery(service.sandboxes, service.containers).run()
+        return service
+
+    async def close(self) -> None:
+        """Stop watching; containers and their monitors keep running."""
+        self.ctx.events.close()
+        await self.containers.watcher.close()
+
+    # Sandboxes ---------------------------------------------------------------------------
+
+    async def run_sandbox(self, config: SandboxConfig, runtime_handler: str) -> Sandbox:
+        return await finish_even_if_cancelled(self.sandboxes.run(config, runtime_handler))
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        sandbox = self._maybe_sandbox(sandbox_id)
+        if sandbox is not None:
+            await finish_even_if_cancelled(self.sandboxes.stop(sandbox.id))
+
+    async def remove_sandbox(self, sandbox_id: str) -> None:
+        sandbox = self._maybe_sandbox(sandbox_id)
+        if sandbox is not None:
+            await finish_even_if_cancelled(self.sandboxes.remove(sandbox.id))
+
+    def sandbox(self, sandbox_id: str) -> Sandbox:
+        sandbox = self._maybe_sandbox(sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"pod sandbox {sandbox_id!r} does not exist")
+        return sandbox
+
+    def list_sandboxes(self, id_prefix: str = "", state: SandboxState | None = None,
+                       labels: dict[str, str] | None = None) -> list[Sandbox]:
+        return sorted(
+            (s for s in self.ctx.store.sandboxes.values()
+             if s.id.startswith(id_prefix)
+             and (state is None or s.state == state)
+             and labels_match(s.config.labels, labels or {})),
+            key=lambda s: s.created_at,
+        )
+
+    def containers_of(self, sandbox_id: str) -> list[Container]:
+        return self.ctx.store.containers_of(sandbox_id)
+
+    def sandbox_info(self, sandbox: Sandbox) -> dict[str, str]:
+        """The verbose ``info`` of PodSandboxStatus: one JSON document under "info"."""
+        info: dict[str, Any] = {
+            "pid": sandbox.infra.pid if sandbox.infra is not None else 0,
+            "runtimeHandler": sandbox.runtime_handler,
+            "namespaces": sandbox.namespace_paths,
+            "podDir": sandbox.pod_dir,
+            "shm": sandbox.shm_path,
+            "infraContainerID": sandbox.infra.id if sandbox.infra is not None else "",
+            "config": _jsonable(sandbox.config),
+        }
+        return {"info": json.dumps(info, sort_keys=True)}
+
+    # Containers --------------------------------------------------------------------------
+
+    async def create_container(self, sandbox_id: str, config: ContainerConfig) -> Container:
+        sandbox = self.sandbox(sandbox_id)
+        return await finish_even_if_cancelled(self.containers.create(sandbox.id, config))
+
+    async def start_container(self, container_id: str) -> Container:
+        container = self.container(container_id)
+        return await finish_even_if_cancelled(self.containers.start(container.id))
+
+    async def stop_container(self, container_id: str, grace: float) -> None:
+        """The stop signal, then SIGKILL after ``grace`` seconds; an unknown id is fine."""
+        container = self._maybe_container(container_id)
+        if container is not None:
+            await finish_even_if_cancelled(self.containers.stop(container.id, grace))
+
+    async def remove_container(self, container_id: str) -> None:
+        container = self._maybe_container(container_id)
+        if container is not None:
+            await finish_even_if_cancelled(self.containers.remove(container.id))
+
+    def container(self, container_id: str) -> Container:
+        container = self._maybe_container(container_id)
+        if container is None:
+            raise NotFound(f"container {container_id!r} does not exist")
+        return container
+
+    def list_containers(self, id_prefix: str = "", state: ContainerState | None = None,
+                        sandbox_id: str = "",
+                        labels: dict[str, str] | None = None) -> list[Container]:
+        return sorted(
+            (c for c in self.ctx.store.containers.values()
+             if c.id.startswith(id_prefix)
+             and (state is None or c.state == state)
+             and (not sandbox_id or c.sandbox_id.startswith(sandbox_id))
+             and labels_match(c.config.labels, labels or {})),
+            key=lambda c: c.created_at,
+        )
+
+    def container_info(self, container: Container) -> dict[str, str]:
+        """The verbose ``info`` of ContainerStatus: one JSON document under "info"."""
+        info: dict[str, Any] = {
+            "pid": container.pid if container.state == ContainerState.RUNNING else 0,
+            "sandboxID": container.sandbox_id,
+            "runtimeHandler": container.runtime_handler,
+            "bundle": container.bundle,
+            "rootfs": container.rootfs,
+            "monitorPid": container.monitor_pid,
+            "config": _jsonable(container.config),
+        }
+        return {"info": json.dumps(info, sort_keys=True)}
+
+    async def exec_sync(self, container_id: str, argv: list[str], seconds: float) -> ExecResult:
+        """Run ``argv`` in the container; DeadlineExceeded after ``seconds`` (0: no limit)."""
+        container = self.container(container_id)
+        runtime = self.ctx.backend(container.runtime_handler).runtime
+        return await exec_sync(runtime, container, argv, seconds)
+
+    async def update_resources(self, container_id: str, resources: Resources) -> None:
+        container = self.container(container_id)
+        await finish_even_if_cancelled(self.containers.update_resources(container.id, resources))
+
+    async def reopen_log(self, container_id: str) -> None:
+        self.containers.reopen_log(self.container(container_id).id)
+
+    def events(self) -> AsyncIterator[LifecycleEvent]:
+        return self.ctx.events.subscribe()
+
+    # Lookup by id or unique id prefix, as crictl users type them ---------------------------
+
+    def _maybe_sandbox(self, id_or_prefix: str) -> Sandbox | None:
+        return _lookup(self.ctx.store.sandboxes, id_or_prefix, "pod sandbox")
+
+    def _maybe_container(self, id_or_prefix: str) -> Container | None:
+        return _lookup(self.ctx.store.containers, id_or_prefix, "container")
+
+
+def _lookup(items: dict[str, T], key: str, what: str) -> T | None:
+    if not key:
+        raise InvalidArgument(f"a {what} id is required")
+    if key in items:
+        return items[key]
+    matches = [value for item_id, value in items.items() if item_id.startswith(key)]
+    if len(matches) > 1:
+        raise InvalidArgument(f"{what} id prefix {key!r} is ambiguous; give more of the id")
+    return matches[0] if matches else None
+
+
+def _jsonable(value: Any) -> Any:
+    return to_document(value)

@@ -1,0 +1,287 @@
+"""Protobuf <-> crisp.pods translations for the sandbox and container RPCs.
+
+Only the server package sees protobuf messages; these functions are the whole border.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+
+from crisp.api import cri_pb2
+from crisp.errors import InvalidArgument
+from crisp.pods import (
+    Container,
+    ContainerConfig,
+    ContainerMetadata,
+    ContainerState,
+    Device,
+    DNSConfig,
+    Mount,
+    NamespaceMode,
+    NamespaceOptions,
+    PortMapping,
+    Propagation,
+    Resources,
+    Sandbox,
+    SandboxConfig,
+    SandboxMetadata,
+    SandboxState,
+    SecurityContext,
+)
+
+_MODES: dict[NamespaceMode, cri_pb2.NamespaceMode] = {
+    NamespaceMode.POD: cri_pb2.POD, NamespaceMode.CONTAINER: cri_pb2.CONTAINER,
+    NamespaceMode.NODE: cri_pb2.NODE, NamespaceMode.TARGET: cri_pb2.TARGET,
+}
+_PROPAGATIONS: dict[Propagation, cri_pb2.MountPropagation] = {
+    Propagation.PRIVATE: cri_pb2.PROPAGATION_PRIVATE,
+    Propagation.HOST_TO_CONTAINER: cri_pb2.PROPAGATION_HOST_TO_CONTAINER,
+    Propagation.BIDIRECTIONAL: cri_pb2.PROPAGATION_BIDIRECTIONAL,
+}
+_PROTOCOLS = {cri_pb2.TCP: "tcp", cri_pb2.UDP: "udp", cri_pb2.SCTP: "sctp"}
+_STATES = {
+    SandboxState.READY: cri_pb2.SANDBOX_READY,
+    SandboxState.NOTREADY: cri_pb2.SANDBOX_NOTREADY,
+}
+
+
+def namespace_options(message: cri_pb2.NamespaceOption) -> NamespaceOptions:
+    return NamespaceOptions(
+        network=NamespaceMode(message.network), pid=NamespaceMode(message.pid),
+        ipc=NamespaceMode(message.ipc), target_id=message.target_id,
+    )
+
+
+def sandbox_config(message: cri_pb2.PodSandboxConfig) -> SandboxConfig:
+    """The domain form of a PodSandboxConfig."""
+    linux = message.linux
+    security = linux.security_context
+    dns = message.dns_config if message.HasField("dns_config") else None
+    return SandboxConfig(
+        metadata=SandboxMetadata(
+            name=message.metadata.name, uid=message.metadata.uid,
+            namespace=message.metadata.namespace, attempt=message.metadata.attempt,
+        ),
+        hostname=message.hostname,
+        log_directory=message.log_directory,
+        dns=DNSConfig(list(dns.servers), list(dns.searches), list(dns.options))
+        if dns is not None else None,
+        port_mappings=[
+            PortMapping(protocol=_PROTOCOLS.get(p.protocol, "tcp"),
+                        container_port=p.container_port, host_port=p.host_port,
+                        host_ip=p.host_ip)
+            for p in message.port_mappings
+        ],
+        labels=dict(message.labels),
+        annotations=dict(message.annotations),
+        cgroup_parent=linux.cgroup_parent,
+        namespaces=namespace_options(security.namespace_options),
+        privileged=security.privileged,
+        sysctls=dict(linux.sysctls),
+    )
+
+
+def sandbox_metadata(sandbox: Sandbox) -> cri_pb2.PodSandboxMetadata:
+    metadata = sandbox.config.metadata
+    return cri_pb2.PodSandboxMetadata(name=metadata.name, uid=metadata.uid,
+                                      namespace=metadata.namespace, attempt=metadata.attempt)
+
+
+def sandbox_status(sandbox: Sandbox) -> cri_pb2.PodSandboxStatus:
+    options = sandbox.config.namespaces
+    network = cri_pb2.PodSandboxNetworkStatus()
+    if sandbox.ips and options.network != NamespaceMode.NODE:
+        network.ip = sandbox.ips[0]
+        network.additional_ips.extend(cri_pb2.PodIP(ip=ip) for ip in sandbox.ips[1:])
+    return cri_pb2.PodSandboxStatus(
+        id=sandbox.id,
+        metadata=sandbox_metadata(sandbox),
+        state=_STATES[sandbox.state],
+        created_at=sandbox.created_at,
+        network=network,
+        linux=cri_pb2.LinuxPodSandboxStatus(namespaces=cri_pb2.Namespace(
+            options=cri_pb2.NamespaceOption(
+                network=_MODES[options.network], pid=_MODES[options.pid],
+                ipc=_MODES[options.ipc],
+                target_id=options.target_id,
+            ))),
+        labels=sandbox.config.labels,
+        annotations=sandbox.config.annotations,
+        runtime_handler=sandbox.runtime_handler,
+    )
+
+
+
+def sandbox_state(sandbox: Sandbox) -> cri_pb2.PodSandboxState:
+    return _STATES[sandbox.state]
+
+
+_CONTAINER_STATES = {
+    ContainerState.CREATED: cri_pb2.CONTAINER_CREATED,
+    ContainerState.RUNNING: cri_pb2.CONTAINER_RUNNING,
+    ContainerState.EXITED: cri_pb2.CONTAINER_EXITED,
+    ContainerState.UNKNOWN: cri_pb2.CONTAINER_UNKNOWN,
+}
+CONTAINER_STATES_BY_CODE = {code: state for state, code in _CONTAINER_STATES.items()}
+
+
+def container_state(container: Container) -> cri_pb2.ContainerState:
+    return _CONTAINER_STATES[container.state]
+
+
+def _signal_name(value: int) -> str:
+    """CRI's Signal enum value as a signal name ("" for the runtime default)."""
+    if value == cri_pb2.SIGNAL_RUNTIME_DEFAULT:
+        return ""
+    try:
+        return str(cri_pb2.Signal.Name(value)).removeprefix("SIGNAL_")
+    except ValueError:
+        raise InvalidArgument(f"stop_signal {value} is not a CRI Signal value") from None
+
+
+def _signal_value(name: str) -> cri_pb2.Signal:
+    text = name.upper()
+    if text.isdigit():
+        try:
+            text = signals.Signals(int(text)).name
+        except ValueError:
+            return cri_pb2.SIGNAL_RUNTIME_DEFAULT
+    if not text.startswith("SIG"):
+        text = f"SIG{text}"
+    try:
+        value: cri_pb2.Signal = cri_pb2.Signal.Value(f"SIGNAL_{text}")  # type: ignore[assignment]
+        return value
+    except ValueError:
+        return cri_pb2.SIGNAL_RUNTIME_DEFAULT
+
+
+def resources(message: cri_pb2.LinuxContainerResources) -> Resources:
+    return Resources(
+        cpu_period=message.cpu_period, cpu_quota=message.cpu_quota,
+        cpu_shares=message.cpu_shares, memory_limit_in_bytes=message.memory_limit_in_bytes,
+        oom_score_adj=message.oom_score_adj, cpuset_cpus=message.cpuset_cpus,
+        cpuset_mems=message.cpuset_mems,
+        memory_swap_limit_in_bytes=message.memory_swap_limit_in_bytes,
+        unified=dict(message.unified),
+    )
+
+
+def _resources_message(value: Resources) -> cri_pb2.LinuxContainerResources:
+    return cri_pb2.LinuxContainerResources(
+        cpu_period=value.cpu_period, cpu_quota=value.cpu_quota, cpu_shares=value.cpu_shares,
+        memory_limit_in_bytes=value.memory_limit_in_bytes, oom_score_adj=value.oom_score_adj,
+        cpuset_cpus=value.cpuset_cpus, cpuset_mems=value.cpuset_mems,
+        memory_swap_limit_in_bytes=value.memory_swap_limit_in_bytes, unified=value.unified,
+    )
+
+
+def _security(message: cri_pb2.LinuxContainerSecurityContext) -> SecurityContext:
+    return SecurityContext(
+        privileged=message.privileged,
+        namespaces=namespace_options(message.namespace_options),
+        run_as_user=message.run_as_user.value if message.HasField("run_as_user") else None,
+        run_as_group=message.run_as_group.value if message.HasField("run_as_group") else None,
+        run_as_username=message.run_as_username,
+        supplemental_groups=list(message.supplemental_groups),
+        readonly_rootfs=message.readonly_rootfs,
+        no_new_privs=message.no_new_privs,
+        masked_paths=list(message.masked_paths) or None,
+        readonly_paths=list(message.readonly_paths) or None,
+        add_capabilities=list(message.capabilities.add_capabilities),
+        drop_capabilities=list(message.capabilities.drop_capabilities),
+    )
+
+
+def container_config(message: cri_pb2.ContainerConfig) -> ContainerConfig:
+    """The domain form of a ContainerConfig; InvalidArgument for what crisp cannot honour."""
+    mounts = []
+    for mount in message.mounts:
+        if mount.HasField("image") and mount.image.image:
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: image volumes are not supported by crisp"
+            )
+        mounts.append(Mount(
+            container_path=mount.container_path, host_path=mount.host_path,
+            readonly=mount.readonly, propagation=Propagation(mount.propagation),
+            selinux_relabel=mount.selinux_relabel,
+        ))
+    envs = []
+    for env in message.envs:
+        try:
+            envs.append((env.key, bytes(env.value).decode()))
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"environment variable {env.key!r} is not UTF-8") from None
+    return ContainerConfig(
+        metadata=ContainerMetadata(name=message.metadata.name,
+                                   attempt=message.metadata.attempt),
+        image=message.image.image,
+        command=list(message.command),
+        args=list(message.args),
+        working_dir=message.working_dir,
+        env=envs,
+        mounts=mounts,
+        devices=[Device(container_path=d.container_path, host_path=d.host_path,
+                        permissions=d.permissions or "rwm") for d in message.devices],
+        labels=dict(message.labels),
+        annotations=dict(message.annotations),
+        log_path=message.log_path,
+        stdin=message.stdin,
+        stdin_once=message.stdin_once,
+        tty=message.tty,
+        resources=resources(message.linux.resources),
+        security=_security(message.linux.security_context),
+        stop_signal=_signal_name(message.stop_signal),
+    )
+
+
+def _container_metadata(container: Container) -> cri_pb2.ContainerMetadata:
+    return cri_pb2.ContainerMetadata(name=container.config.metadata.name,
+                                     attempt=container.config.metadata.attempt)
+
+
+def image_ref(container: Container) -> str:
+    return container.image.repo_digest or container.image.id
+
+
+def container_summary(container: Container) -> cri_pb2.Container:
+    return cri_pb2.Container(
+        id=container.id, pod_sandbox_id=container.sandbox_id,
+        metadata=_container_metadata(container),
+        image=cri_pb2.ImageSpec(image=container.config.image),
+        image_ref=image_ref(container), state=container_state(container),
+        created_at=container.created_at, labels=container.config.labels,
+        annotations=container.config.annotations, image_id=container.image.id,
+    )
+
+
+def container_status(container: Container) -> cri_pb2.ContainerStatus:
+    user = cri_pb2.ContainerUser()
+    if container.user is not None:
+        user.linux.uid = container.user.uid
+        user.linux.gid = container.user.gid
+        user.linux.supplemental_groups.extend(container.user.additional_gids)
+    return cri_pb2.ContainerStatus(
+        id=container.id,
+        metadata=_container_metadata(container),
+        state=container_state(container),
+        created_at=container.created_at,
+        started_at=container.started_at,
+        finished_at=container.finished_at,
+        exit_code=container.exit_code,
+        image=cri_pb2.ImageSpec(image=container.config.image),
+        image_ref=image_ref(container),
+        image_id=container.image.id,
+        reason=container.reason,
+        message=container.message,
+        labels=container.config.labels,
+        annotations=container.config.annotations,
+        mounts=[cri_pb2.Mount(container_path=m.container_path, host_path=m.host_path,
+                              readonly=m.readonly, selinux_relabel=m.selinux_relabel,
+                              propagation=_PROPAGATIONS[m.propagation])
+                for m in container.config.mounts],
+        log_path=container.log_path,
+        resources=cri_pb2.ContainerResources(
+            linux=_resources_message(container.config.resources)),
+        user=user,
+        stop_signal=_signal_value(container.stop_signal),
+    )

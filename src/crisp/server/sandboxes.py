@@ -1,0 +1,87 @@
+"""RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus and ListPodSandbox.
+
+Each method translates the request into crisp.pods types, calls the pods service and
+translates the answer back; the work and the rules live in crisp.pods.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from crisp.api import cri_pb2
+from crisp.pods import PodService, SandboxState
+from crisp.server.pod_convert import (
+    container_status,
+    sandbox_config,
+    sandbox_metadata,
+    sandbox_state,
+    sandbox_status,
+)
+from crisp.server.services import Services
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+class SandboxCalls:
+    """The pod sandbox RPCs of the RuntimeService."""
+
+    services: Services
+
+    @property
+    def _pods(self) -> PodService:
+        return self.services.pods
+
+    async def RunPodSandbox(
+        self, request: cri_pb2.RunPodSandboxRequest, context: Context
+    ) -> cri_pb2.RunPodSandboxResponse:
+        sandbox = await self._pods.run_sandbox(sandbox_config(request.config),
+                                               request.runtime_handler)
+        return cri_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox.id)
+
+    async def StopPodSandbox(
+        self, request: cri_pb2.StopPodSandboxRequest, context: Context
+    ) -> cri_pb2.StopPodSandboxResponse:
+        await self._pods.stop_sandbox(request.pod_sandbox_id)
+        return cri_pb2.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(
+        self, request: cri_pb2.RemovePodSandboxRequest, context: Context
+    ) -> cri_pb2.RemovePodSandboxResponse:
+        await self._pods.remove_sandbox(request.pod_sandbox_id)
+        return cri_pb2.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(
+        self, request: cri_pb2.PodSandboxStatusRequest, context: Context
+    ) -> cri_pb2.PodSandboxStatusResponse:
+        pods = self._pods
+        sandbox = pods.sandbox(request.pod_sandbox_id)
+        response = cri_pb2.PodSandboxStatusResponse(
+            status=sandbox_status(sandbox),
+            containers_statuses=[container_status(c) for c in pods.containers_of(sandbox.id)],
+            timestamp=time.time_ns(),
+        )
+        if request.verbose:
+            response.info.update(pods.sandbox_info(sandbox))
+        return response
+
+    async def ListPodSandbox(
+        self, request: cri_pb2.ListPodSandboxRequest, context: Context
+    ) -> cri_pb2.ListPodSandboxResponse:
+        wanted = request.filter
+        state = None
+        if wanted.HasField("state"):
+            state = (SandboxState.READY if wanted.state.state == cri_pb2.SANDBOX_READY
+                     else SandboxState.NOTREADY)
+        sandboxes = self._pods.list_sandboxes(
+            id_prefix=wanted.id, state=state, labels=dict(wanted.label_selector)
+        )
+        return cri_pb2.ListPodSandboxResponse(items=[
+            cri_pb2.PodSandbox(
+                id=s.id, metadata=sandbox_metadata(s), state=sandbox_state(s),
+                created_at=s.created_at, labels=s.config.labels,
+                annotations=s.config.annotations, runtime_handler=s.runtime_handler,
+            )
+            for s in sandboxes
+        ])

@@ -1,0 +1,194 @@
+"""Unpacked layers: one overlay lower directory per chain id, unpacked once, shared by all.
+
+Layout under ``<root>/layers``: ``<chain-hex>/diff`` is the unpacked layer, ``l/<short>`` a
+symlink to it whose short name keeps deep lowerdir mount options under the page-size limit.
+A layer is unpacked into ``tmp-*`` and renamed into place, so a crash never leaves a layer
+half there; leftovers of ``tmp-*`` are swept at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from crisp.state import Database, Records
+from crisp.storage.unpack import unpack_layer
+
+log = logging.getLogger(__name__)
+
+SHORT_NAME_LENGTH = 20
+
+
+def chain_ids(diff_ids: Iterable[str]) -> list[str]:
+    """The OCI chain ids of a layer stack, bottom first: each names a layer and all below it."""
+    result: list[str] = []
+    for diff_id in diff_ids:
+        if not result:
+            result.append(diff_id)
+        else:
+            text = f"{result[-1]} {diff_id}".encode()
+            result.append("sha256:" + hashlib.sha256(text).hexdigest())
+    return result
+
+
+def short_name(chain_id: str) -> str:
+    """A stable, short, filesystem-safe name for a chain id (for the ``l/`` links)."""
+    raw = hashlib.sha256(chain_id.encode()).digest()
+    return base64.b32encode(raw).decode().rstrip("=")[:SHORT_NAME_LENGTH]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One unpacked layer as recorded in the database."""
+
+    chain_id: str
+    parent: str | None
+    diff_id: str
+    size: int
+    inodes: int
+
+
+class LayerStore:
+    """Unpacks layers once per chain id and hands out their directories."""
+
+    def __init__(self, root: Path, db: Database):
+        self.root = root / "layers"
+        self.links = self.root / "l"
+        self.records = Records(db, "layers")
+        self._inflight: dict[str, asyncio.Task[LayerInfo]] = {}
+
+    def setup(self) -> None:
+        """Create the directories and sweep half-unpacked leftovers of a crash (blocking)."""
+        self.links.mkdir(parents=True, exist_ok=True)
+        for entry in self.root.iterdir():
+            if entry.name.startswith("tmp-"):
+                log.info("removing half-unpacked layer %s left by a crash", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def directory(self, chain_id: str) -> Path:
+        """The layer's own ``diff`` directory."""
+        return self.root / chain_id.removeprefix("sha256:") / "diff"
+
+    def link(self, chain_id: str) -> Path:
+        """The short symlink to the layer's ``diff`` directory."""
+        return self.links / short_name(chain_id)
+
+    async def get(self, chain_id: str) -> LayerInfo | None:
+        doc = await self.records.get(chain_id)
+        if doc is None:
+            return None
+        return LayerInfo(chain_id, doc.get("parent"), doc["diff_id"], doc["size"], doc["inodes"])
+
+    async def all(self) -> list[LayerInfo]:
+        return [
+            LayerInfo(d["chain_id"], d.get("parent"), d["diff_id"], d["size"], d["inodes"])
+            for d in await self.records.find()
+        ]
+
+    async def ensure(
+        self, chain_id: str, parent: str | None, diff_id: str, blob: Path
+    ) -> LayerInfo:
+        """Unpack ``blob`` as ``chain_id`` unless it is there; concurrent callers share it."""
+        existing = await self.get(chain_id)
+        if existing is not None and self.directory(chain_id).is_dir():
+            return existing
+        task = self._inflight.get(chain_id)
+        if task is None:
+            task = asyncio.create_task(self._unpack(chain_id, parent, diff_id, blob))
+            self._inflight[chain_id] = task
+            task.add_done_callback(lambda _: self._inflight.pop(chain_id, None))
+        return await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Wait until no unpack runs (a failed pull waits so that it leaves no staging dirs)."""
+        while self._inflight:
+            await asyncio.wait(list(self._inflight.values()))
+
+    async def _unpack(
+        self, chain_id: str, parent: str | None, diff_id: str, blob: Path
+    ) -> LayerInfo:
+        result = await asyncio.to_thread(self._unpack_blocking, chain_id, diff_id, blob)
+        info = LayerInfo(chain_id, parent, diff_id, result[0], result[1])
+        await self.records.put(
+            chain_id,
+            {"chain_id": chain_id, "parent": parent, "diff_id": diff_id,
+             "size": info.size, "inodes": info.inodes},
+            parent=parent,
+        )
+        return info
+
+    def _unpack_blocking(self, chain_id: str, diff_id: str, blob: Path) -> tuple[int, int]:
+        final = self.directory(chain_id).parent
+        staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=self.root))
+        try:
+            diff = staging / "diff"
+            diff.mkdir(mode=0o755)
+            result = unpack_layer(blob, diff, diff_id)
+            (staging / "link").write_text(short_name(chain_id))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        link = self.link(chain_id)
+        if not link.is_symlink():
+            tmp_link = self.links / f".{link.name}.tmp"
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(f"../{final.name}/diff")
+            os.rename(tmp_link, link)
+        _fsync_dir(self.root)
+        return result.size, result.inodes
+
+    async def remove(self, chain_id: str) -> None:
+        """Delete the layer's record, then its directory and link (a crash in between leaks
+        only an unreferenced directory, which :meth:`sweep_orphans` removes)."""
+        await self.records.delete(chain_id)
+        await asyncio.to_thread(self._remove_files, chain_id)
+
+    def _remove_files(self, chain_id: str) -> None:
+        self.link(chain_id).unlink(missing_ok=True)
+        directory = self.directory(chain_id).parent
+        if directory.exists():
+            doomed = self.root / f"tmp-rm-{directory.name}"
+            os.rename(directory, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    async def sweep_orphans(self) -> int:
+        """Remove layer directories that have no record (left by a crash); return how many."""
+        known = {info.chain_id.removeprefix("sha256:") for info in await self.all()}
+
+        def sweep() -> int:
+            removed = 0
+            for entry in self.root.iterdir():
+                if not _is_layer_dir_name(entry.name):
+                    continue
+                if entry.name not in known:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+            for link in self.links.iterdir():
+                if not link.exists():
+                    link.unlink(missing_ok=True)
+            return removed
+
+        return await asyncio.to_thread(sweep)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_layer_dir_name(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)

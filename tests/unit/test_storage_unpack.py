@@ -1,0 +1,182 @@
+"""Unpacking layer archives: metadata, whiteouts, compression, and hostile archives.
+
+These run as root (owners, device nodes and trusted.* xattrs need it), like the daemon.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from crisp.storage.unpack import OPAQUE_XATTR, UnsafeLayer, unpack_layer
+from tests.support.image_builder import MTIME, LayerBuilder, make_layer
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers needs root")
+
+
+def unpack(tmp_path: Path, layer: LayerBuilder | bytes, compression: str = "gzip") -> Path:
+    built = make_layer(layer, compression)  # type: ignore[arg-type]
+    blob = tmp_path / "blob"
+    blob.write_bytes(built.data)
+    target = tmp_path / "layer"
+    target.mkdir()
+    result = unpack_layer(blob, target, built.diff_id)
+    assert result.diff_id == built.diff_id
+    return target
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_files_keep_content_and_metadata(tmp_path: Path, compression: str) -> None:
+    layer = (LayerBuilder()
+             .dir("etc", mode=0o750, uid=1, gid=2, mtime=1000)
+             .file("etc/conf", "hello", mode=0o640, uid=33, gid=44, mtime=2000,
+                   xattrs={"user.note": "kept"})
+             .file("bin/tool", b"\x7fELF", mode=0o4755)
+             .symlink("etc/link", "/etc/conf", mtime=3000)
+             .hardlink("etc/hard", "etc/conf")
+             .device("dev/null", 1, 3)
+             .device("dev/loop0", 7, 0, kind="block")
+             .fifo("run/pipe"))
+    root = unpack(tmp_path, layer, compression)
+    conf = root / "etc" / "conf"
+    assert conf.read_text() == "hello"
+    st = conf.lstat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 33, 44)
+    assert int(st.st_mtime) == 2000
+    assert os.getxattr(conf, "user.note") == b"kept"
+    assert stat.S_IMODE((root / "bin" / "tool").stat().st_mode) == 0o4755
+    etc = (root / "etc").stat()
+    assert (stat.S_IMODE(etc.st_mode), etc.st_uid, etc.st_gid) == (0o750, 1, 2)
+    assert int(etc.st_mtime) == 1000  # set after its children were made
+    link = root / "etc" / "link"
+    assert os.readlink(link) == "/etc/conf"
+    assert int(link.lstat().st_mtime) == 3000
+    assert (root / "etc" / "hard").stat().st_ino == st.st_ino
+    null = (root / "dev" / "null").lstat()
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1
+    assert stat.S_ISBLK((root / "dev" / "loop0").lstat().st_mode)
+    assert stat.S_ISFIFO((root / "run" / "pipe").lstat().st_mode)
+
+
+def test_whiteouts_become_overlay_whiteouts(tmp_path: Path) -> None:
+    layer = LayerBuilder().dir("a").whiteout("a/gone").opaque("b").file("b/new", "x")
+    root = unpack(tmp_path, layer)
+    gone = (root / "a" / "gone").lstat()
+    assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == os.makedev(0, 0)
+    assert not (root / "a" / ".wh.gone").exists()
+    assert os.getxattr(root / "b", OPAQUE_XATTR) == b"y"
+    assert not (root / "b" / ".wh..wh..opq").exists()
+    assert (root / "b" / "new").read_text() == "x"
+
+
+def test_overlay_xattrs_in_the_archive_are_dropped(tmp_path: Path) -> None:
+    layer = LayerBuilder().file("f", "x", xattrs={"trusted.overlay.opaque": "y"})
+    root = unpack(tmp_path, layer)
+    assert "trusted.overlay.opaque" not in os.listxattr(root / "f")
+
+
+def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
+    layer = LayerBuilder().file("x", "first").file("x", "second").dir("d").file("d/f").file("d")
+    root = unpack(tmp_path, layer)
+    assert (root / "x").read_text() == "second"
+    assert (root / "d").is_file()
+
+
+def test_absolute_names_stay_inside(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("/etc/abs")
+    root = unpack(tmp_path, LayerBuilder().raw(info, b"inside"))
+    assert (root / "etc" / "abs").read_text() == "inside"
+
+
+def hostile(tmp_path: Path, layer: LayerBuilder) -> None:
+    built = make_layer(layer)
+    blob = tmp_path / "blob"
+    blob.write_bytes(built.data)
+    target = tmp_path / "layer"
+    target.mkdir()
+    with pytest.raises(UnsafeLayer):
+        unpack_layer(blob, target, built.diff_id)
+
+
+def test_dotdot_is_refused(tmp_path: Path) -> None:
+    hostile(tmp_path, LayerBuilder().raw(tarfile.TarInfo("../escape"), b"x"))
+    assert not (tmp_path / "escape").exists()
+
+
+def test_writing_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    hostile(tmp_path, LayerBuilder().symlink("evil", str(outside)).file("evil/pwned", "x"))
+    assert not (outside / "pwned").exists()
+
+
+def test_relative_symlink_escape_is_refused(tmp_path: Path) -> None:
+    hostile(tmp_path, LayerBuilder().symlink("up", "../..").file("up/pwned", "x"))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_hardlink_outside_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    hostile(tmp_path, LayerBuilder().hardlink("steal", "../secret"))
+    hostile_dir = tmp_path / "h"
+    hostile_dir.mkdir()
+    hostile(hostile_dir, LayerBuilder().hardlink("steal", str(secret)))
+
+
+def test_hardlink_through_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s")
+    hostile(tmp_path, LayerBuilder().symlink("l", "..").hardlink("steal", "l/secret"))
+
+
+def test_whiteout_with_dotdot_is_refused(tmp_path: Path) -> None:
+    hostile(tmp_path, LayerBuilder().raw(tarfile.TarInfo("../.wh.victim"), b""))
+
+
+def test_truncated_archive_fails_cleanly(tmp_path: Path) -> None:
+    tar = LayerBuilder().file("big", os.urandom(200_000)).tar()
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(tar)[:50_000])
+    target = tmp_path / "layer"
+    target.mkdir()
+    with pytest.raises(UnsafeLayer, match="truncated or corrupt"):
+        unpack_layer(blob, target)
+
+
+def test_garbage_fails_cleanly(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\x1f\x8b" + os.urandom(4000))
+    target = tmp_path / "layer"
+    target.mkdir()
+    with pytest.raises(UnsafeLayer):
+        unpack_layer(blob, target)
+
+
+def test_diff_id_mismatch_is_refused(tmp_path: Path) -> None:
+    built = make_layer(LayerBuilder().file("f", "x"))
+    blob = tmp_path / "blob"
+    blob.write_bytes(built.data)
+    target = tmp_path / "layer"
+    target.mkdir()
+    with pytest.raises(UnsafeLayer, match="image config says"):
+        unpack_layer(blob, target, "sha256:" + "0" * 64)
+
+
+def test_root_entry_and_mtime_default(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        root_info = tarfile.TarInfo("./")
+        root_info.type = tarfile.DIRTYPE
+        root_info.mode = 0o755
+        archive.addfile(root_info)
+        info = tarfile.TarInfo("./file")
+        info.mtime = MTIME
+        archive.addfile(info, io.BytesIO(b""))
+    root = unpack(tmp_path, out.getvalue(), "none")
+    assert (root / "file").exists()
