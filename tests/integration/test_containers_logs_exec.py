@@ -66,6 +66,7 @@ def test_reopen_log_after_rotation(env: PodsEnv, pod: str) -> None:
     rotated = log_path.with_name(log_path.name + ".1")
     log_path.rename(rotated)
     env.runtime.ReopenContainerLog(cri_pb2.ReopenContainerLogRequest(container_id=container_id))
+    assert log_path.exists(), "the kubelet expects the new log file once the call returns"
     wait_for(lambda: log_path.exists() and len(parsed(str(log_path))) >= 3, 10,
              "lines in the reopened log")
     old = [int(text.removeprefix("line")) for _, _, text in parsed(str(rotated))]

@@ -19,7 +19,7 @@ import pytest
 from crisp import __version__
 from crisp.api import cri_pb2
 from tests.integration.conftest import DaemonFactory
-from tests.support.daemon import CrispDaemon
+from tests.support.daemon import CrispDaemon, checkout_env
 
 
 def free_port() -> int:
@@ -121,6 +121,7 @@ def test_stale_socket_is_replaced(make_daemon: DaemonFactory) -> None:
 def test_second_daemon_on_the_same_state_is_refused(crisp_daemon: CrispDaemon) -> None:
     second = subprocess.run(
         [sys.executable, "-m", "crisp", "--config", str(crisp_daemon.config_path)],
+        env=checkout_env(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -212,7 +213,7 @@ def test_crispctl_talks_cri_over_the_socket(crisp_daemon: CrispDaemon, tmp_path:
             capture_output=True,
             text=True,
             timeout=30,
-            env={**os.environ, **env},
+            env=checkout_env(**env),
         )
 
     version = crispctl("--runtime-endpoint", f"unix://{crisp_daemon.socket}", "version")

@@ -15,6 +15,13 @@ import grpc
 from crisp.api import cri_pb2, cri_pb2_grpc
 
 START_TIMEOUT = 20.0
+# Daemons run this checkout's code, whichever crisp happens to be installed.
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "src"
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for a crisp process that must run this checkout's code."""
+    return {**os.environ, "PYTHONPATH": str(SOURCE_DIR), **extra}
 
 
 class CrispDaemon:
@@ -48,7 +55,7 @@ class CrispDaemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=checkout_env(PYTHONUNBUFFERED="1"),
         )
         log.close()
         if wait:

@@ -39,7 +39,6 @@ def test_full_file_is_read_into_typed_values() -> None:
         log_level = "debug"
         cgroup_manager = "systemd"
         default_runtime = "kata"
-        [runtimes.runc]
         [runtimes.kata]
         runtime_path = "/usr/bin/kata-runtime"
         privileged_without_host_devices = true
@@ -58,6 +57,13 @@ def test_full_file_is_read_into_typed_values() -> None:
     assert config.registries.mirrors["docker.io"][1] == "http://127.0.0.1:5000"
     assert config.images.pull_progress_timeout == 60.0
     assert isinstance(config.images.pull_progress_timeout, float)
+
+
+def test_runtime_tables_add_to_the_built_in_runc() -> None:
+    config = parse('[runtimes.logged]\nruntime_path = "/usr/local/bin/logged-runc"\n')
+    assert sorted(config.runtimes) == ["logged", "runc"]
+    redefined = parse('[runtimes.runc]\nruntime_path = "/opt/runc"\n')
+    assert redefined.runtime("runc").runtime_path == "/opt/runc"
 
 
 def test_unknown_runtime_handler_lists_the_configured_ones() -> None:

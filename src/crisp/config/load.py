@@ -14,7 +14,7 @@ import re
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, fields, is_dataclass
+from dataclasses import MISSING, Field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -89,10 +89,26 @@ def _build(cls: type, table: Any, prefix: str, problems: list[tuple[str, str]]) 
     values: dict[str, Any] = {}
     for f in fields(cls):
         if f.name in table:
-            values[f.name] = _convert(hints[f.name], table[f.name], prefix + f.name, problems)
+            value = _convert(hints[f.name], table[f.name], prefix + f.name, problems)
+            built_in = _built_in_named_tables(f)
+            if built_in and value is not MISSING:
+                # Named tables such as [runtimes.NAME] add to the built-in ones (and may
+                # redefine them); they do not make the built-in ones disappear.
+                value = {**built_in, **value}
+            values[f.name] = value
     if any(value is MISSING for value in values.values()):
         return None
     return cls(**values)
+
+
+def _built_in_named_tables(f: Field[Any]) -> dict[str, Any]:
+    """The built-in entries of a field holding named tables ([runtimes.NAME]), else {}."""
+    if f.default_factory is MISSING:
+        return {}
+    default = f.default_factory()
+    if isinstance(default, dict) and any(is_dataclass(v) for v in default.values()):
+        return default
+    return {}
 
 
 def _convert(hint: Any, value: Any, key: str, problems: list[tuple[str, str]]) -> Any:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from crisp.durable import fsync_dir
 from crisp.errors import InvalidArgument, NotFound
 from crisp.images.reference import validate_digest
 
@@ -119,7 +120,7 @@ class Ingest:
         self._fd = -1
         final = self.store.path(self.digest)
         os.rename(self.path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return final
 
     def _discard(self) -> None:
@@ -219,7 +220,7 @@ class ContentStore:
             final = self.path(actual)
             if not final.exists():
                 os.rename(temp, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
             return actual, total
         finally:
             os.close(fd)
@@ -244,10 +245,3 @@ class ContentStore:
 
         return await asyncio.to_thread(total)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crisp.durable import remove_durably, write_atomic
 from crisp.errors import InvalidArgument, RuntimeFailure
 from crisp.network.conflist import NetworkConfig
-from crisp.network.files import remove_durably, write_atomically
 
 _FORMAT = "crisp-cni-attachment-v1"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
@@ -91,7 +91,7 @@ class AttachmentCache:
 
     async def save(self, attachment: Attachment) -> None:
         data = json.dumps(attachment.to_json(), indent=1, sort_keys=True).encode()
-        await asyncio.to_thread(write_atomically, self._path(attachment.sandbox_id), data)
+        await asyncio.to_thread(write_atomic, self._path(attachment.sandbox_id), data)
 
     async def load(self, sandbox_id: str) -> Attachment | None:
         path = self._path(sandbox_id)

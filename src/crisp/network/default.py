@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from crisp.durable import write_atomic
 from crisp.network.discovery import config_files
-from crisp.network.files import write_atomically
 
 DEFAULT_CONFIG_NAME = "99-crisp-default.conflist"
 DEFAULT_NETWORK_NAME = "crisp"
@@ -65,7 +65,7 @@ def ensure_default(conf_dir: Path, subnets: Sequence[str], ipam_dir: str) -> boo
     path = conf_dir / DEFAULT_CONFIG_NAME
     existing = config_files(conf_dir)
     if not existing:
-        write_atomically(path, wanted, mode=0o644)
+        write_atomic(path, wanted, mode=0o644)
         return True
     if path not in existing:
         return False
@@ -75,7 +75,7 @@ def ensure_default(conf_dir: Path, subnets: Sequence[str], ipam_dir: str) -> boo
         return False
     if current == wanted or not _is_untouched(current, ipam_dir):
         return False
-    write_atomically(path, wanted, mode=0o644)
+    write_atomic(path, wanted, mode=0o644)
     return True
 
 

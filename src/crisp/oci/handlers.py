@@ -1,10 +1,17 @@
-"""Finding the binaries a runtime handler needs, so Status can say what is missing."""
+"""A runtime handler's binaries and features, so Status can say what is missing and what
+each handler can do."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import platform
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crisp.config import RuntimeHandler
 
@@ -31,3 +38,79 @@ def handler_problems(name: str, handler: RuntimeHandler) -> list[str]:
             "is not an executable file or on PATH"
         )
     return problems
+
+
+@dataclass(frozen=True)
+class HandlerFeatures:
+    """What a handler can do for pods, as CRI's RuntimeHandlerFeatures reports it."""
+
+    recursive_read_only_mounts: bool = False
+    user_namespaces: bool = False
+
+
+RRO_MIN_KERNEL = (5, 12)
+"""mount_setattr(2) with AT_RECURSIVE, which recursive read-only mounts need, is in 5.12."""
+
+USER_NAMESPACES_IMPLEMENTED = False
+"""crisp does not yet map pods into user namespaces (CRI's userns_options), so no handler
+may claim them, whatever the runtime could do."""
+
+FEATURES_TIMEOUT_S = 10.0
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string such as "6.1.0-13-amd64"; (0, 0) if odd."""
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def features_of(runtime_features: dict[str, Any], kernel: tuple[int, int]) -> HandlerFeatures:
+    """A handler's features from its ``<runtime> features`` document and the kernel."""
+    mount_options = runtime_features.get("mountOptions") or []
+    namespaces = (runtime_features.get("linux") or {}).get("namespaces") or []
+    return HandlerFeatures(
+        recursive_read_only_mounts="rro" in mount_options and kernel >= RRO_MIN_KERNEL,
+        user_namespaces=USER_NAMESPACES_IMPLEMENTED and "user" in namespaces,
+    )
+
+
+_features_cache: dict[str, dict[str, Any]] = {}
+
+
+async def runtime_features(runtime_path: str) -> dict[str, Any]:
+    """The runtime's ``features`` document (OCI runtime features), cached per binary.
+
+    A runtime too old to have the command, or one that fails, has no features: {}.
+    """
+    binary = resolve_binary(runtime_path)
+    if binary is None:
+        return {}
+    key = str(binary)
+    if key in _features_cache:
+        return _features_cache[key]
+    process = await asyncio.create_subprocess_exec(
+        key, "features", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, _ = await asyncio.wait_for(process.communicate(), FEATURES_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return {}
+    document: dict[str, Any] = {}
+    if process.returncode == 0:
+        try:
+            parsed = json.loads(stdout)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            document = parsed
+    _features_cache[key] = document
+    return document
+
+
+async def handler_features(handler: RuntimeHandler) -> HandlerFeatures:
+    """The features Status reports for ``handler`` on this host."""
+    document = await runtime_features(handler.runtime_path)
+    return features_of(document, kernel_version(platform.release()))

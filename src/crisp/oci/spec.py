@@ -15,10 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crisp.cgroups import CgroupHost, CgroupMode, LinuxResources, oci_resources
 from crisp.errors import InvalidArgument
+from crisp.oci.security import (
+    DEFAULT_CAPABILITIES as DEFAULT_CAPABILITIES,  # re-exported: spec tests check it
+)
+from crisp.oci.security import (
+    SecurityPlan,
+    container_capabilities,
+    masked_and_readonly_paths,
+)
 from crisp.pods.model import (
     ContainerConfig,
     ImageRuntimeConfig,
+    Mount,
     NamespaceMode,
     ProcessUser,
     Propagation,
@@ -29,33 +39,6 @@ Spec = dict[str, Any]
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-# The capabilities a container gets unless its security context adds or drops some
-# (the set Docker, containerd and CRI-O agree on).
-DEFAULT_CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]
-ALL_CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-]
-DEFAULT_MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
-]
-DEFAULT_READONLY_PATHS = [
-    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-]
 
 _PROPAGATION = {
     Propagation.PRIVATE: "rprivate",
@@ -94,6 +77,12 @@ class SpecInputs:
     min_oom_score_adj: int = -1000
     annotations: dict[str, str] = field(default_factory=dict)
     cgroup_v2: bool = False
+    # The host's cgroup layout, which decides what resources it can take (swap, hugepages,
+    # unified keys); None checks against PORTABLE_HOST.
+    cgroup_host: CgroupHost | None = None
+    # What the security steps need decided beforehand (seccomp filter, LSM labels, host
+    # devices): crisp.oci.security.plan_security.
+    security: SecurityPlan = field(default_factory=SecurityPlan)
 
 
 SpecStep = Callable[[Spec, SpecInputs], None]
@@ -159,36 +148,22 @@ def _process(spec: Spec, inputs: SpecInputs) -> None:
 
 
 def _security(spec: Spec, inputs: SpecInputs) -> None:
+    """Capabilities, masked and read-only paths, seccomp and LSM labels."""
     security = inputs.config.security
-    if security.privileged:
-        caps = list(ALL_CAPABILITIES)
-    else:
-        caps = list(DEFAULT_CAPABILITIES)
-        for cap in security.add_capabilities:
-            name = _capability(cap)
-            if name == "CAP_ALL":
-                caps = list(ALL_CAPABILITIES)
-            elif name not in caps:
-                caps.append(name)
-        dropped = {_capability(cap) for cap in security.drop_capabilities}
-        caps = [] if "CAP_ALL" in dropped else [c for c in caps if c not in dropped]
+    caps = container_capabilities(security.privileged, security.add_capabilities,
+                                  security.drop_capabilities)
     spec["process"]["capabilities"] = {
         "bounding": caps, "effective": caps, "permitted": caps,
     }
+    plan = inputs.security
+    if plan.apparmor_profile:
+        spec["process"]["apparmorProfile"] = plan.apparmor_profile
+    if plan.selinux_label:
+        spec["process"]["selinuxLabel"] = plan.selinux_label
     linux = spec["linux"]
-    if security.privileged:
-        linux["maskedPaths"] = []
-        linux["readonlyPaths"] = []
-    else:
-        masked = security.masked_paths
-        readonly = security.readonly_paths
-        linux["maskedPaths"] = list(DEFAULT_MASKED_PATHS if masked is None else masked)
-        linux["readonlyPaths"] = list(DEFAULT_READONLY_PATHS if readonly is None else readonly)
-
-
-def _capability(name: str) -> str:
-    upper = name.upper()
-    return upper if upper.startswith("CAP_") else f"CAP_{upper}"
+    linux["maskedPaths"], linux["readonlyPaths"] = masked_and_readonly_paths(security)
+    if plan.seccomp is not None:
+        linux["seccomp"] = plan.seccomp
 
 
 def _namespaces(spec: Spec, inputs: SpecInputs) -> None:
@@ -257,6 +232,9 @@ def _mounts(spec: Spec, inputs: SpecInputs) -> None:
         if not mount.host_path:
             raise InvalidArgument(f"mount at {mount.container_path!r} has no host_path")
         options = ["rbind", _PROPAGATION[mount.propagation], "ro" if mount.readonly else "rw"]
+        if mount.recursive_read_only:
+            _check_recursive_read_only(mount)
+            options.append("rro")
         if mount.propagation == Propagation.BIDIRECTIONAL:
             rootfs_propagation = "rshared"
         elif mount.propagation == Propagation.HOST_TO_CONTAINER and not rootfs_propagation:
@@ -266,6 +244,20 @@ def _mounts(spec: Spec, inputs: SpecInputs) -> None:
     spec["mounts"] = mounts
     if rootfs_propagation:
         spec["linux"]["rootfsPropagation"] = rootfs_propagation
+
+
+def _check_recursive_read_only(mount: Mount) -> None:
+    """CRI's rules for recursive read-only: a read-only, private mount (submounts that
+    propagate in later could not be made read-only)."""
+    if not mount.readonly:
+        raise InvalidArgument(
+            f"mount at {mount.container_path!r}: recursive_read_only needs readonly too"
+        )
+    if mount.propagation != Propagation.PRIVATE:
+        raise InvalidArgument(
+            f"mount at {mount.container_path!r}: recursive_read_only needs private "
+            "propagation (PROPAGATION_PRIVATE)"
+        )
 
 
 def _devices(spec: Spec, inputs: SpecInputs) -> None:
@@ -295,40 +287,43 @@ def _devices(spec: Spec, inputs: SpecInputs) -> None:
                         "uid": 0, "gid": 0})
         allow.append({"allow": True, "type": kind, "major": major, "minor": minor,
                       "access": device.permissions})
-    if inputs.config.security.privileged:
+    if inputs.security.all_devices_allowed:
+        # A privileged container: every host device, as on the host itself.
+        requested = {d["path"] for d in devices}
+        devices = [*devices, *(d for d in inputs.security.host_devices
+                               if d["path"] not in requested)]
         allow = [{"allow": True, "access": "rwm"}]
     spec["linux"]["devices"] = devices
     spec["linux"].setdefault("resources", {})["devices"] = allow
 
 
-def linux_resources(wanted: Resources) -> dict[str, Any]:
-    """OCI ``linux.resources`` (without devices) for CRI's resource settings."""
-    resources: dict[str, Any] = {}
-    cpu: dict[str, Any] = {}
-    if wanted.cpu_shares:
-        cpu["shares"] = wanted.cpu_shares
-    if wanted.cpu_quota:
-        cpu["quota"] = wanted.cpu_quota
-    if wanted.cpu_period:
-        cpu["period"] = wanted.cpu_period
-    if wanted.cpuset_cpus:
-        cpu["cpus"] = wanted.cpuset_cpus
-    if wanted.cpuset_mems:
-        cpu["mems"] = wanted.cpuset_mems
-    if cpu:
-        resources["cpu"] = cpu
-    if wanted.memory_limit_in_bytes:
-        memory: dict[str, Any] = {"limit": wanted.memory_limit_in_bytes}
-        if wanted.memory_swap_limit_in_bytes:
-            memory["swap"] = wanted.memory_swap_limit_in_bytes
-        resources["memory"] = memory
-    if wanted.unified:
-        resources["unified"] = dict(wanted.unified)
-    return resources
+PORTABLE_HOST = CgroupHost(mode=CgroupMode.LEGACY)
+"""The host resources are checked against when none is given: cgroup v1 without swap
+accounting or hugepages, so only cpu and memory limits pass (unit tests, tools)."""
+
+
+def cgroup_resources(wanted: Resources) -> LinuxResources:
+    """The cgroups package's form of a container's CRI resources."""
+    return LinuxResources(
+        cpu_period=wanted.cpu_period, cpu_quota=wanted.cpu_quota, cpu_shares=wanted.cpu_shares,
+        memory_limit_in_bytes=wanted.memory_limit_in_bytes, oom_score_adj=wanted.oom_score_adj,
+        cpuset_cpus=wanted.cpuset_cpus, cpuset_mems=wanted.cpuset_mems,
+        hugepage_limits=tuple(wanted.hugepage_limits), unified=dict(wanted.unified),
+        memory_swap_limit_in_bytes=wanted.memory_swap_limit_in_bytes,
+    )
+
+
+def linux_resources(wanted: Resources, host: CgroupHost | None = None) -> dict[str, Any]:
+    """OCI ``linux.resources`` (without devices) for CRI's settings, validated for ``host``.
+
+    The same dict serves config.json and ``runc update --resources``.
+    """
+    return oci_resources(cgroup_resources(wanted), host or PORTABLE_HOST)
 
 
 def _resources(spec: Spec, inputs: SpecInputs) -> None:
-    spec["linux"].setdefault("resources", {}).update(linux_resources(inputs.config.resources))
+    spec["linux"].setdefault("resources", {}).update(
+        linux_resources(inputs.config.resources, inputs.cgroup_host))
     spec["linux"]["cgroupsPath"] = inputs.cgroups_path
 
 

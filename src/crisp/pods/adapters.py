@@ -58,6 +58,9 @@ class SnapshotsForPods:
     async def remove(self, key: str) -> None:
         await self.snapshots.remove(key)
 
+    async def usage(self, key: str) -> tuple[int, int]:
+        return await self.snapshots.usage(key)
+
 
 class NetworkForPods:
     """A :class:`~crisp.pods.ports.PodNetwork` backed by the CNI network manager."""

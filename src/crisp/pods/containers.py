@@ -23,13 +23,14 @@ from typing import Any
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
 from crisp.oci.backend import RuntimeBackend
 from crisp.oci.conmon import MonitorOptions, read_exit_code
+from crisp.oci.security import plan_security
 from crisp.oci.spec import PodPaths, SpecInputs, build_spec, linux_resources
-from crisp.oci.users import resolve_user
+from crisp.oci.users import check_run_as_non_root, resolve_user
 from crisp.pods.context import PodContext
 from crisp.pods.events import EventKind, LifecycleEvent
 from crisp.pods.exits import ExitWatcher
 from crisp.pods.failpoints import failpoint
-from crisp.pods.host import own_oom_score_adj, process_start_time, write_atomic
+from crisp.pods.host import process_start_time, write_atomic
 from crisp.pods.model import (
     Container,
     ContainerConfig,
@@ -45,6 +46,7 @@ from crisp.pods.model import (
 log = logging.getLogger(__name__)
 
 KILL_WAIT = 30.0  # seconds to wait for a container to die after SIGKILL
+REOPEN_LOG_TIMEOUT = 5.0  # seconds conmon gets to create a rotated log file anew
 OUTPUT_LOG = "output.log"  # where conmon logs a container whose config names no log path
 
 
@@ -115,18 +117,27 @@ class ContainerManager:
             failpoint("container.create.rootfs")
             user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
                                            config.security)
+            check_run_as_non_root(config, image, user)
+            security = await plan_security(
+                config.security, sandbox_privileged=sandbox.config.privileged,
+                without_host_devices=_without_host_devices(ctx, sandbox.runtime_handler),
+                runtime_path=backend.runtime.path)
             stop_signal = config.stop_signal or image.stop_signal or "SIGTERM"
             signal_number(stop_signal)
+            cgroups = ctx.cgroups
+            # Validates the range; what is below crisp's own value is raised to it.
+            cgroups.oom_score_adj(config.resources.oom_score_adj)
             spec = build_spec(SpecInputs(
                 config=config, image=image, rootfs=str(rootfs), user=user,
                 pod=self._pod_paths(sandbox, config),
-                cgroups_path=ctx.cgroup_driver.container_cgroups_path(
-                    sandbox.config.cgroup_parent, container_id),
-                min_oom_score_adj=own_oom_score_adj(),
+                cgroups_path=cgroups.cgroups_path(pod_cgroup_parent(sandbox), container_id),
+                min_oom_score_adj=cgroups.oom_score_adj_floor,
                 annotations={"io.kubernetes.cri.container-type": "sandbox" if infra
                              else "container",
                              "io.kubernetes.cri.sandbox-id": sandbox.id},
-                cgroup_v2=bool(ctx.cgroup_host and ctx.cgroup_host.is_unified),
+                cgroup_v2=cgroups.host.is_unified,
+                cgroup_host=cgroups.host,
+                security=security,
             ))
             log_path = _log_path(sandbox, config)
             conmon_log = log_path or str(files.bundle / OUTPUT_LOG)
@@ -325,10 +336,7 @@ class ContainerManager:
         if host is None:
             return False
         try:
-            cgroups_path = self.ctx.cgroup_driver.container_cgroups_path(
-                self.ctx.store.sandboxes[container.sandbox_id].config.cgroup_parent
-                if container.sandbox_id in self.ctx.store.sandboxes else "", container.id)
-            cgroup = self.ctx.cgroup_driver.container_cgroup(cgroups_path)
+            cgroup = self.ctx.cgroup_driver.container_cgroup(self.cgroups_path(container))
         except Exception:  # no cgroup, no OOM evidence
             return False
         directory = host.controller_dir("memory", cgroup)
@@ -366,6 +374,8 @@ class ContainerManager:
             await store.delete_container(container)
             await self.ctx.journal.finish(operation)
         store.forget_lock(container_id)
+        if self.ctx.cgroups_service is not None:
+            self.ctx.cgroups_service.forget(container_id)
         self.publish(container, EventKind.DELETED)
 
     async def destroy(self, container_id: str, backend: RuntimeBackend) -> None:
@@ -410,14 +420,44 @@ class ContainerManager:
                     f"container {container_id} is {container.state}: only a created or "
                     "running container's resources can be updated"
                 )
-            wanted = linux_resources(resources)
+            cgroups = self.ctx.cgroups
+            cgroups.oom_score_adj(resources.oom_score_adj)  # range check only: runc cannot
+            wanted = linux_resources(resources, cgroups.host)  # change a live process's
             if wanted:
                 backend = self.ctx.backend(container.runtime_handler)
                 await backend.runtime.update(container_id, wanted)
             container.config = replace(container.config, resources=resources)
             await self.save(container)
 
-    def reopen_log(self, container_id: str) -> None:
+    def cgroups_path(self, container: Container) -> str:
+        """The OCI cgroupsPath the container was created with."""
+        sandbox = self.ctx.store.sandboxes.get(container.sandbox_id)
+        parent = pod_cgroup_parent(sandbox) if sandbox is not None else ""
+        return self.ctx.cgroups.cgroups_path(parent, container.id)
+
+    async def resources_in_force(self, container: Container) -> Resources:
+        """The limits the container's cgroup has now, for ContainerStatus.
+
+        A container that is not running has no cgroup to read: its requested ones stand.
+        """
+        requested = container.config.resources
+        if container.state != ContainerState.RUNNING or self.ctx.cgroups_service is None:
+            return requested
+        try:
+            read = await self.ctx.cgroups.container_resources(self.cgroups_path(container),
+                                                              container.pid)
+        except NotFound:
+            return requested
+        return Resources(
+            cpu_period=read.cpu_period, cpu_quota=read.cpu_quota, cpu_shares=read.cpu_shares,
+            memory_limit_in_bytes=read.memory_limit_in_bytes, oom_score_adj=read.oom_score_adj,
+            cpuset_cpus=read.cpuset_cpus, cpuset_mems=read.cpuset_mems,
+            memory_swap_limit_in_bytes=read.memory_swap_limit_in_bytes,
+            # Not readable back as such (the kernel has no file of "the keys set"): as asked.
+            unified=dict(requested.unified), hugepage_limits=read.hugepage_limits,
+        )
+
+    async def reopen_log(self, container_id: str) -> None:
         container = self.ctx.store.container(container_id)
         if container.state != ContainerState.RUNNING:
             raise FailedPrecondition(
@@ -425,7 +465,32 @@ class ContainerManager:
                 "log can be reopened"
             )
         backend = self.ctx.backend(container.runtime_handler)
+        log_path = container.log_path
+        rotated = not await asyncio.to_thread(os.path.exists, log_path)
         backend.conmon.reopen_log(self.ctx.layout.files(container_id))
+        if not rotated:
+            return
+        # The kubelet moved the file away and expects a new one once this call returns.
+        deadline = time.monotonic() + REOPEN_LOG_TIMEOUT
+        while not await asyncio.to_thread(os.path.exists, log_path):
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(
+                    f"conmon of container {container_id} did not reopen its log {log_path} "
+                    f"within {REOPEN_LOG_TIMEOUT:.0f}s"
+                )
+            await asyncio.sleep(0.01)
+
+
+def _without_host_devices(ctx: PodContext, handler: str) -> bool:
+    """The handler's privileged_without_host_devices (a handler removed by a reload: no)."""
+    runtime = ctx.live.current.runtimes.get(handler)
+    return runtime is not None and runtime.privileged_without_host_devices
+
+
+def pod_cgroup_parent(sandbox: Sandbox) -> str:
+    """The cgroup parent a pod's containers go below (records before it was kept: the
+    config's, which the driver resolves as it did then)."""
+    return sandbox.cgroup_parent or sandbox.config.cgroup_parent
 
 
 def _validate(config: ContainerConfig) -> None:

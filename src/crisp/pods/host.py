@@ -103,10 +103,3 @@ def process_start_time(pid: int) -> int:
 def process_alive(pid: int, start_time: int) -> bool:
     return pid > 0 and start_time > 0 and process_start_time(pid) == start_time
 
-
-def own_oom_score_adj() -> int:
-    """crisp's own oom_score_adj: without CAP_SYS_RESOURCE no child may go below it."""
-    try:
-        return int(Path("/proc/self/oom_score_adj").read_text().strip())
-    except (OSError, ValueError):
-        return 0

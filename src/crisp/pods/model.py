@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from crisp.cgroups.resources import HugepageLimit
+
 
 class NamespaceMode(enum.IntEnum):
     """Scope of a Linux namespace, numbered as CRI numbers them."""
@@ -41,11 +43,52 @@ class Propagation(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class IDMapping:
+    """A range of ids: container_id.. maps to host_id.. for ``length`` ids."""
+
+    host_id: int
+    container_id: int
+    length: int
+
+
+@dataclass(frozen=True)
+class UserNamespace:
+    """CRI's userns_options: NODE is the host's user namespace, POD one of the pod's own."""
+
+    mode: NamespaceMode = NamespaceMode.NODE
+    uids: list[IDMapping] = field(default_factory=list)
+    gids: list[IDMapping] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class NamespaceOptions:
     network: NamespaceMode = NamespaceMode.POD
     pid: NamespaceMode = NamespaceMode.POD
     ipc: NamespaceMode = NamespaceMode.POD
     target_id: str = ""
+    userns: UserNamespace | None = None
+
+
+class ProfileKind(enum.StrEnum):
+    """CRI's SecurityProfile.ProfileType, for seccomp and AppArmor."""
+
+    RUNTIME_DEFAULT = "RuntimeDefault"
+    UNCONFINED = "Unconfined"
+    LOCALHOST = "Localhost"
+
+
+@dataclass(frozen=True)
+class SecurityProfile:
+    kind: ProfileKind = ProfileKind.UNCONFINED
+    localhost_ref: str = ""
+
+
+@dataclass(frozen=True)
+class SELinuxOptions:
+    user: str = ""
+    role: str = ""
+    type: str = ""
+    level: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +129,14 @@ class SandboxConfig:
     namespaces: NamespaceOptions = field(default_factory=NamespaceOptions)
     privileged: bool = False
     sysctls: dict[str, str] = field(default_factory=dict)
+    seccomp: SecurityProfile | None = None
+    seccomp_profile_path: str = ""
+    selinux: SELinuxOptions | None = None
+    # The pod-level security context applies to the infra process, when the pod has one.
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    supplemental_groups: list[int] = field(default_factory=list)
+    readonly_rootfs: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,11 +152,16 @@ class Resources:
     cpuset_mems: str = ""
     memory_swap_limit_in_bytes: int = 0
     unified: dict[str, str] = field(default_factory=dict)
+    hugepage_limits: tuple[HugepageLimit, ...] = ()
 
 
 @dataclass(frozen=True)
 class SecurityContext:
-    """The parts of a container's security context that decide who its process runs as."""
+    """A container's security context: who its process runs as and what confines it.
+
+    ``seccomp`` None means CRI gave no SecurityProfile, so ``seccomp_profile_path`` (the
+    deprecated string form, "" being Unconfined) decides; ``apparmor`` None is "not asked".
+    """
 
     privileged: bool = False
     namespaces: NamespaceOptions = field(default_factory=NamespaceOptions)
@@ -119,6 +175,10 @@ class SecurityContext:
     readonly_paths: list[str] | None = None
     add_capabilities: list[str] = field(default_factory=list)
     drop_capabilities: list[str] = field(default_factory=list)
+    seccomp: SecurityProfile | None = None
+    seccomp_profile_path: str = ""
+    apparmor: SecurityProfile | None = None
+    selinux: SELinuxOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +188,8 @@ class Mount:
     readonly: bool = False
     propagation: Propagation = Propagation.PRIVATE
     selinux_relabel: bool = False
+    # Read-only all the way down (submounts too): runc's "rro", kernel 5.12 and later.
+    recursive_read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +266,9 @@ class Sandbox:
     infra: Container | None = None
     ips: list[str] = field(default_factory=list)
     network_ready: bool = False
+    # The pod's cgroup parent as the cgroup driver resolved it at RunPodSandbox: the
+    # kubelet's, or one crisp made up (and removes with the pod) when the config names none.
+    cgroup_parent: str = ""
 
     @property
     def name(self) -> str:

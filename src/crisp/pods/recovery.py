@@ -64,12 +64,14 @@ class Recovery:
                 runtime_handler=handler, created_at=0,
                 namespace_paths=dict(operation.data.get("namespaces", {})),
                 network_ready=bool(operation.data.get("namespaces")),
+                cgroup_parent=str(operation.data.get("cgroup_parent", "")),
             )
             infra_id = str(operation.data.get("infra_id", ""))
             if infra_id:
                 await self.containers.destroy(infra_id, self.ctx.backend(handler))
             await self.sandboxes.release(sandbox)
             await self.sandboxes.remove_files(object_id)
+            await self.sandboxes.release_cgroup(sandbox)
         elif operation.kind == "sandbox.remove":
             removed = store.sandboxes.get(object_id)
             if removed is not None:
@@ -79,6 +81,7 @@ class Recovery:
                     await store.delete_container(container)
                 await self.sandboxes.release(removed)
                 await self.sandboxes.remove_files(object_id)
+                await self.sandboxes.release_cgroup(removed)
                 await store.delete_sandbox(removed)
 
     async def _reconcile_sandbox(self, sandbox: Sandbox) -> None:

@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crisp.errors import InvalidArgument
+from crisp.errors import FailedPrecondition, InvalidArgument
+from crisp.oci.security import check_sandbox_security
 from crisp.pods.codec import to_document
 from crisp.pods.containers import ContainerManager, new_id
 from crisp.pods.context import PodContext
@@ -54,10 +55,16 @@ class SandboxManager:
         _validate(config)
         ctx = self.ctx
         backend = ctx.backend(runtime_handler)
+        options = config.namespaces
+        config = replace(config, sysctls=await check_sandbox_security(
+            sysctls=config.sysctls, host_network=options.network == NamespaceMode.NODE,
+            host_ipc=options.ipc == NamespaceMode.NODE, userns=options.userns,
+            selinux=config.selinux, runtime_path=backend.runtime.path))
         sandbox = Sandbox(
             id=new_id(), config=config, runtime_handler=backend.name,
             created_at=time.time_ns(),
         )
+        sandbox.cgroup_parent = ctx.cgroups.sandbox_parent(config.cgroup_parent, sandbox.id)
         ctx.store.reserve("pod", sandbox.name, sandbox.id)
         try:
             async with ctx.store.lock(sandbox.id):
@@ -74,7 +81,8 @@ class SandboxManager:
         config = sandbox.config
         options = config.namespaces
         progress: dict[str, Any] = {"handler": sandbox.runtime_handler,
-                                    "config": to_document(config)}
+                                    "config": to_document(config),
+                                    "cgroup_parent": sandbox.cgroup_parent}
         operation = await ctx.journal.begin("sandbox.run", sandbox.id, "namespaces", progress)
         try:
             kinds = []
@@ -114,6 +122,7 @@ class SandboxManager:
         except BaseException:
             await asyncio.shield(self.release(sandbox))
             await asyncio.shield(self.remove_files(sandbox.id))
+            await asyncio.shield(self.release_cgroup(sandbox))
             await ctx.journal.finish(operation)
             raise
         await ctx.journal.finish(operation)
@@ -127,6 +136,13 @@ class SandboxManager:
             security=SecurityContext(
                 namespaces=NamespaceOptions(pid=NamespaceMode.CONTAINER),
                 privileged=False,
+                seccomp=sandbox.config.seccomp,
+                seccomp_profile_path=sandbox.config.seccomp_profile_path,
+                selinux=sandbox.config.selinux,
+                run_as_user=sandbox.config.run_as_user,
+                run_as_group=sandbox.config.run_as_group,
+                supplemental_groups=list(sandbox.config.supplemental_groups),
+                readonly_rootfs=sandbox.config.readonly_rootfs,
             ),
             labels=dict(sandbox.config.labels),
         )
@@ -159,9 +175,11 @@ class SandboxManager:
                 return
             was_ready = sandbox.state == SandboxState.READY
             failpoint("sandbox.stop.containers")
+            # Not ready from here on for readers; the record says so once all is released,
+            # so a crash in between is finished by recovery.
+            sandbox.state = SandboxState.NOTREADY
             await self.release(sandbox)
             failpoint("sandbox.stop.released")
-            sandbox.state = SandboxState.NOTREADY
             await self.ctx.store.save_sandbox(sandbox)
         if was_ready:
             self.publish(sandbox, EventKind.STOPPED)
@@ -201,11 +219,25 @@ class SandboxManager:
             failpoint("sandbox.remove.containers")
             await self.release(sandbox)
             await self.remove_files(sandbox_id)
+            await self.release_cgroup(sandbox)
             failpoint("sandbox.remove.files")
             await store.delete_sandbox(sandbox)
             await self.ctx.journal.finish(operation)
         store.forget_lock(sandbox_id)
         self.publish(sandbox, EventKind.DELETED)
+
+    async def release_cgroup(self, sandbox: Sandbox) -> None:
+        """Remove the pod cgroup crisp made for a pod that named none; idempotent."""
+        cgroups = self.ctx.cgroups_service
+        if cgroups is None or not sandbox.cgroup_parent:
+            return
+        cgroups.forget(sandbox.id)
+        try:
+            await cgroups.release_sandbox_parent(sandbox.cgroup_parent)
+        except FailedPrecondition as error:
+            # A process that outlived its container: leave the cgroup rather than fail the
+            # removal; it is empty again once that process ends.
+            log.warning("pod %s: %s", sandbox.id, error)
 
     async def remove_files(self, sandbox_id: str) -> None:
         await remove_pod_files(self.ctx.layout.pod_dir(sandbox_id))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
+from crisp.cgroups import CgroupService
 from crisp.config import LiveConfig
-from crisp.errors import InvalidArgument, NotFound
+from crisp.errors import FailedPrecondition, InvalidArgument, NotFound
 from crisp.pods.codec import to_document
 from crisp.pods.containers import ContainerManager
 from crisp.pods.context import PodContext, finish_even_if_cancelled
@@ -26,10 +29,12 @@ from crisp.pods.model import (
 from crisp.pods.ports import ImageSource, PodNetwork, RootfsStore
 from crisp.pods.recovery import Recovery
 from crisp.pods.sandboxes import SandboxManager
+from crisp.pods.stats import ContainerUsage, PodUsage, UsageReader
 from crisp.pods.store import PodStore
 from crisp.state import Database, Journal
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class PodService:
@@ -39,14 +44,25 @@ class PodService:
         self.ctx = ctx
         self.containers = ContainerManager(ctx)
         self.sandboxes = SandboxManager(ctx, self.containers)
+        self.usage = UsageReader(ctx, self.containers)
 
     @classmethod
     async def open(cls, live: LiveConfig, db: Database, images: ImageSource,
-                   rootfs: RootfsStore, network: PodNetwork | None = None) -> PodService:
-        """Load the records and reconcile them with the host (crash recovery)."""
+                   rootfs: RootfsStore, network: PodNetwork | None = None,
+                   cgroups: CgroupService | None = None,
+                   cgroups_problem: str = "") -> PodService:
+        """Load the records and reconcile them with the host (crash recovery).
+
+        ``cgroups`` is the daemon's cgroup service, or None with ``cgroups_problem`` saying why
+        the configured driver cannot run here (pods are then refused with that reason); given
+        neither, the service detects them itself.
+        """
         store = PodStore(db)
         await store.load()
-        service = cls(PodContext.build(live, store, Journal(db), images, rootfs, network))
+        if cgroups is None and not cgroups_problem:
+            cgroups, cgroups_problem = await detect_cgroups(live)
+        service = cls(PodContext.build(live, store, Journal(db), images, rootfs, network,
+                                       cgroups, cgroups_problem))
         await Recovery(service.sandboxes, service.containers).run()
         return service
 
@@ -164,8 +180,37 @@ class PodService:
         container = self.container(container_id)
         await finish_even_if_cancelled(self.containers.update_resources(container.id, resources))
 
+    async def container_resources(self, container: Container) -> Resources:
+        """The limits in force (read from the cgroup of a running container)."""
+        return await self.containers.resources_in_force(container)
+
+    # Stats -------------------------------------------------------------------------------
+
+    async def container_usage(self, container_id: str) -> ContainerUsage:
+        (usage,) = await self.usage.containers_usage([self.container(container_id)])
+        return usage
+
+    async def containers_usage(self, id_prefix: str = "", sandbox_id: str = "",
+                               labels: dict[str, str] | None = None) -> list[ContainerUsage]:
+        """Usage of the containers the filter selects (as ListContainers filters)."""
+        containers = self.list_containers(id_prefix=id_prefix, sandbox_id=sandbox_id,
+                                          labels=labels)
+        return await self.usage.containers_usage(containers)
+
+    async def sandbox_usage(self, sandbox_id: str) -> PodUsage:
+        sandbox = self.sandbox(sandbox_id)
+        return await self.usage.pod_usage(sandbox, self.containers_of(sandbox.id))
+
+    async def sandboxes_usage(self, id_prefix: str = "",
+                              labels: dict[str, str] | None = None) -> list[PodUsage]:
+        """Usage of the pods the filter selects, their containers included."""
+        sandboxes = self.list_sandboxes(id_prefix=id_prefix, labels=labels)
+        return list(await asyncio.gather(*(
+            self.usage.pod_usage(s, self.containers_of(s.id)) for s in sandboxes
+        )))
+
     async def reopen_log(self, container_id: str) -> None:
-        self.containers.reopen_log(self.container(container_id).id)
+        await self.containers.reopen_log(self.container(container_id).id)
 
     def events(self) -> AsyncIterator[LifecycleEvent]:
         return self.ctx.events.subscribe()
@@ -177,6 +222,15 @@ class PodService:
 
     def _maybe_container(self, id_or_prefix: str) -> Container | None:
         return _lookup(self.ctx.store.containers, id_or_prefix, "container")
+
+
+async def detect_cgroups(live: LiveConfig) -> tuple[CgroupService | None, str]:
+    """The cgroup service of the configured driver, or None and why the host cannot run it."""
+    try:
+        return await CgroupService.detect(live.current.cgroup_manager), ""
+    except FailedPrecondition as error:
+        log.error("pods cannot run: %s", error)
+        return None, str(error)
 
 
 def _lookup(items: dict[str, T], key: str, what: str) -> T | None:

@@ -73,7 +73,8 @@ class ContainerCalls:
         self, request: cri_pb2.ContainerStatusRequest, context: Context
     ) -> cri_pb2.ContainerStatusResponse:
         container = self._pods.container(request.container_id)
-        response = cri_pb2.ContainerStatusResponse(status=container_status(container))
+        limits = await self._pods.container_resources(container)
+        response = cri_pb2.ContainerStatusResponse(status=container_status(container, limits))
         if request.verbose:
             response.info.update(self._pods.container_info(container))
         return response

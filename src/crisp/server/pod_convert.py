@@ -8,7 +8,9 @@ from __future__ import annotations
 import signal as signals
 
 from crisp.api import cri_pb2
+from crisp.cgroups import HugepageLimit
 from crisp.errors import InvalidArgument
+from crisp.oci.security import parse_legacy_apparmor
 from crisp.pods import (
     Container,
     ContainerConfig,
@@ -28,6 +30,13 @@ from crisp.pods import (
     SandboxState,
     SecurityContext,
 )
+from crisp.pods.model import (
+    IDMapping,
+    ProfileKind,
+    SecurityProfile,
+    SELinuxOptions,
+    UserNamespace,
+)
 
 _MODES: dict[NamespaceMode, cri_pb2.NamespaceMode] = {
     NamespaceMode.POD: cri_pb2.POD, NamespaceMode.CONTAINER: cri_pb2.CONTAINER,
@@ -45,11 +54,43 @@ _STATES = {
 }
 
 
+def _user_namespace(message: cri_pb2.NamespaceOption) -> UserNamespace | None:
+    if not message.HasField("userns_options"):
+        return None
+    userns = message.userns_options
+    return UserNamespace(
+        mode=NamespaceMode(userns.mode),
+        uids=[IDMapping(m.host_id, m.container_id, m.length) for m in userns.uids],
+        gids=[IDMapping(m.host_id, m.container_id, m.length) for m in userns.gids],
+    )
+
+
 def namespace_options(message: cri_pb2.NamespaceOption) -> NamespaceOptions:
     return NamespaceOptions(
         network=NamespaceMode(message.network), pid=NamespaceMode(message.pid),
         ipc=NamespaceMode(message.ipc), target_id=message.target_id,
+        userns=_user_namespace(message),
     )
+
+
+_PROFILE_KINDS = {
+    cri_pb2.SecurityProfile.RuntimeDefault: ProfileKind.RUNTIME_DEFAULT,
+    cri_pb2.SecurityProfile.Unconfined: ProfileKind.UNCONFINED,
+    cri_pb2.SecurityProfile.Localhost: ProfileKind.LOCALHOST,
+}
+
+
+def _profile(message: cri_pb2.SecurityProfile) -> SecurityProfile:
+    kind = _PROFILE_KINDS.get(message.profile_type)
+    if kind is None:
+        raise InvalidArgument(f"security profile type {message.profile_type} is unknown")
+    return SecurityProfile(kind=kind, localhost_ref=message.localhost_ref)
+
+
+def _selinux(message: cri_pb2.SELinuxOption) -> SELinuxOptions | None:
+    options = SELinuxOptions(user=message.user, role=message.role, type=message.type,
+                             level=message.level)
+    return options if any((options.user, options.role, options.type, options.level)) else None
 
 
 def sandbox_config(message: cri_pb2.PodSandboxConfig) -> SandboxConfig:
@@ -78,6 +119,13 @@ def sandbox_config(message: cri_pb2.PodSandboxConfig) -> SandboxConfig:
         namespaces=namespace_options(security.namespace_options),
         privileged=security.privileged,
         sysctls=dict(linux.sysctls),
+        seccomp=_profile(security.seccomp) if security.HasField("seccomp") else None,
+        seccomp_profile_path=security.seccomp_profile_path,
+        selinux=_selinux(security.selinux_options),
+        run_as_user=security.run_as_user.value if security.HasField("run_as_user") else None,
+        run_as_group=security.run_as_group.value if security.HasField("run_as_group") else None,
+        supplemental_groups=list(security.supplemental_groups),
+        readonly_rootfs=security.readonly_rootfs,
     )
 
 
@@ -163,6 +211,8 @@ def resources(message: cri_pb2.LinuxContainerResources) -> Resources:
         cpuset_mems=message.cpuset_mems,
         memory_swap_limit_in_bytes=message.memory_swap_limit_in_bytes,
         unified=dict(message.unified),
+        hugepage_limits=tuple(HugepageLimit(page_size=h.page_size, limit=h.limit)
+                              for h in message.hugepage_limits),
     )
 
 
@@ -172,6 +222,8 @@ def _resources_message(value: Resources) -> cri_pb2.LinuxContainerResources:
         memory_limit_in_bytes=value.memory_limit_in_bytes, oom_score_adj=value.oom_score_adj,
         cpuset_cpus=value.cpuset_cpus, cpuset_mems=value.cpuset_mems,
         memory_swap_limit_in_bytes=value.memory_swap_limit_in_bytes, unified=value.unified,
+        hugepage_limits=[cri_pb2.HugepageLimit(page_size=h.page_size, limit=h.limit)
+                         for h in value.hugepage_limits],
     )
 
 
@@ -189,6 +241,11 @@ def _security(message: cri_pb2.LinuxContainerSecurityContext) -> SecurityContext
         readonly_paths=list(message.readonly_paths) or None,
         add_capabilities=list(message.capabilities.add_capabilities),
         drop_capabilities=list(message.capabilities.drop_capabilities),
+        seccomp=_profile(message.seccomp) if message.HasField("seccomp") else None,
+        seccomp_profile_path=message.seccomp_profile_path,
+        apparmor=_profile(message.apparmor) if message.HasField("apparmor")
+        else parse_legacy_apparmor(message.apparmor_profile),
+        selinux=_selinux(message.selinux_options),
     )
 
 
@@ -204,6 +261,7 @@ def container_config(message: cri_pb2.ContainerConfig) -> ContainerConfig:
             container_path=mount.container_path, host_path=mount.host_path,
             readonly=mount.readonly, propagation=Propagation(mount.propagation),
             selinux_relabel=mount.selinux_relabel,
+            recursive_read_only=mount.recursive_read_only,
         ))
     envs = []
     for env in message.envs:
@@ -254,7 +312,9 @@ def container_summary(container: Container) -> cri_pb2.Container:
     )
 
 
-def container_status(container: Container) -> cri_pb2.ContainerStatus:
+def container_status(container: Container,
+                     resources: Resources | None = None) -> cri_pb2.ContainerStatus:
+    """A container's status; ``resources`` are the limits in force, when they were read."""
     user = cri_pb2.ContainerUser()
     if container.user is not None:
         user.linux.uid = container.user.uid
@@ -281,7 +341,7 @@ def container_status(container: Container) -> cri_pb2.ContainerStatus:
                 for m in container.config.mounts],
         log_path=container.log_path,
         resources=cri_pb2.ContainerResources(
-            linux=_resources_message(container.config.resources)),
+            linux=_resources_message(resources or container.config.resources)),
         user=user,
         stop_signal=_signal_value(container.stop_signal),
     )

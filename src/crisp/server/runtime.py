@@ -7,11 +7,13 @@ from crisp.server.containers import ContainerCalls
 from crisp.server.runtime_info import RuntimeInfoCalls
 from crisp.server.sandboxes import SandboxCalls
 from crisp.server.services import Services
+from crisp.server.stats import StatsCalls
 from crisp.server.unimplemented import fill_unimplemented
 
 
 class RuntimeServicer(
-    RuntimeInfoCalls, SandboxCalls, ContainerCalls, cri_pb2_grpc.RuntimeServiceServicer
+    RuntimeInfoCalls, SandboxCalls, ContainerCalls, StatsCalls,
+    cri_pb2_grpc.RuntimeServiceServicer
 ):
     """Every RuntimeService RPC; each mixin owns one area (runtime info, pods, containers...)."""
 

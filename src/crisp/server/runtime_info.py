@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -11,7 +12,7 @@ import grpc
 
 from crisp import __version__
 from crisp.api import cri_pb2
-from crisp.oci.handlers import handler_problems
+from crisp.oci.handlers import handler_features, handler_problems
 from crisp.server.services import Services
 
 log = logging.getLogger(__name__)
@@ -48,21 +49,32 @@ class RuntimeInfoCalls:
             for p in handler_problems(name, handler)
             if name == config.default_runtime
         ]
+        reason = "" if not problems else "RuntimeBinaryMissing"
+        if cgroups_problem := self.services.pods.ctx.cgroups_problem:
+            problems.append(cgroups_problem)
+            reason = reason or "CgroupDriverUnavailable"
         runtime = cri_pb2.RuntimeCondition(
             type="RuntimeReady",
             status=not problems,
-            reason="" if not problems else "RuntimeBinaryMissing",
+            reason=reason,
             message="; ".join(problems),
         )
         network_ready, reason, message = await self.services.network_status()
         network = cri_pb2.RuntimeCondition(
             type="NetworkReady", status=network_ready, reason=reason, message=message
         )
+        names = sorted(config.runtimes)
+        features = await asyncio.gather(
+            *(handler_features(config.runtimes[name]) for name in names)
+        )
         response = cri_pb2.StatusResponse(
             status=cri_pb2.RuntimeStatus(conditions=[runtime, network]),
             runtime_handlers=[
-                cri_pb2.RuntimeHandler(name=name, features=cri_pb2.RuntimeHandlerFeatures())
-                for name in sorted(config.runtimes)
+                cri_pb2.RuntimeHandler(name=name, features=cri_pb2.RuntimeHandlerFeatures(
+                    recursive_read_only_mounts=found.recursive_read_only_mounts,
+                    user_namespaces=found.user_namespaces,
+                ))
+                for name, found in zip(names, features, strict=True)
             ],
         )
         if request.verbose:

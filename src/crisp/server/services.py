@@ -15,6 +15,7 @@ from crisp.config import LiveConfig
 from crisp.images import ImageService
 from crisp.network import NetworkManager
 from crisp.pods import ImagesForPods, NetworkForPods, PodService, SnapshotsForPods
+from crisp.pods.service import detect_cgroups
 from crisp.state import Database, Settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,12 @@ class Services:
         await network.start()
         images = ImageService(live, db, root)
         await images.start()
+        # Built once: the host's cgroup layout and driver (None, with the reason logged and
+        # put in every pod call's error, where the configured driver cannot run here).
+        cgroups, cgroups_problem = await detect_cgroups(live)
         pods = await PodService.open(live, db, ImagesForPods(images),
-                                     SnapshotsForPods(images.snapshots), NetworkForPods(network))
+                                     SnapshotsForPods(images.snapshots), NetworkForPods(network),
+                                     cgroups, cgroups_problem)
         # Networks set up for pods whose record was never saved (a crash in RunPodSandbox).
         await network.release_strays({sandbox.id for sandbox in pods.list_sandboxes()})
         return cls(live=live, db=db, settings=settings, network=network, images=images,

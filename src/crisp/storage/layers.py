@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crisp.durable import fsync_dir
 from crisp.state import Database, Records
 from crisp.storage.unpack import unpack_layer
 
@@ -145,7 +146,7 @@ class LayerStore:
             tmp_link.unlink(missing_ok=True)
             tmp_link.symlink_to(f"../{final.name}/diff")
             os.rename(tmp_link, link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return result.size, result.inodes
 
     async def remove(self, chain_id: str) -> None:
@@ -181,13 +182,6 @@ class LayerStore:
 
         return await asyncio.to_thread(sweep)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_layer_dir_name(name: str) -> bool:

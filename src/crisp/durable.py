@@ -1,4 +1,4 @@
-"""Durable file updates: a reader sees the old file or the new one, never half of one."""
+"""Durable file updates: after a crash a reader sees the old file or the new one, never half."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write to a temporary file, fsync it, rename it over ``path`` and fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,7 +23,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    _fsync_directory(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove_durably(path: Path) -> None:
@@ -32,10 +32,11 @@ def remove_durably(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    _fsync_directory(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a rename, a new or removed file) survive a crash."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

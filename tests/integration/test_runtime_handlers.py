@@ -1,0 +1,140 @@
+"""Runtime handlers: a wrapper handler chosen per pod, features in Status, unknown ones refused.
+
+The "logged" handler is the wrapper docs/runtime-handlers.md describes: a shell script that
+appends its arguments to a file and then execs runc, configured as [runtimes.logged] and
+picked by RunPodSandbox's runtime_handler as a RuntimeClass would pick it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crisp.api import cri_pb2
+from tests.support.pods import PodsEnv, pods_environment, wait_for
+
+pytestmark = pytest.mark.integration
+
+WRAPPER = """#!/bin/sh
+# A logging runtime wrapper: record how crisp (and conmon) call the runtime, then be runc.
+printf '%s\\n' "$*" >> {log}
+exec runc "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[PodsEnv]:
+    with tempfile.TemporaryDirectory(prefix="crisp-handlers-") as base_dir:
+        base = Path(base_dir)
+        wrapper = base / "logged-runc"
+        wrapper.write_text(WRAPPER.format(log=base / "calls.log"))
+        wrapper.chmod(0o755)
+        # Naming any [runtimes.*] table replaces the default set: runc is listed again.
+        extra = f'[runtimes.runc]\n[runtimes.logged]\nruntime_path = "{wrapper}"\n'
+        with pods_environment(base, extra) as environment:
+            yield environment
+
+
+def calls(env: PodsEnv) -> list[str]:
+    log = env.daemon.base / "calls.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [line for line in lines if line.split()[-1:] != ["features"]]
+
+
+def commands_for(lines: list[str], container_id: str) -> set[str]:
+    """The runc subcommands called for one container (the word before the options)."""
+    found = set()
+    for line in lines:
+        words = line.split()
+        if container_id in words:
+            found.update(w for w in words if w in {"create", "start", "kill", "delete", "state"})
+    return found
+
+
+def test_status_lists_every_handler_with_its_features(env: PodsEnv) -> None:
+    handlers = {h.name: h.features for h in env.runtime.Status(
+        cri_pb2.StatusRequest()).runtime_handlers}
+    assert set(handlers) == {"runc", "logged"}
+    runc_features = json.loads(subprocess.run(["runc", "features"], capture_output=True,
+                                              check=True).stdout)
+    major, minor = (int(p) for p in platform.release().split(".")[:2])
+    rro = "rro" in runc_features.get("mountOptions", []) and (major, minor) >= (5, 12)
+    for name, features in handlers.items():
+        assert features.recursive_read_only_mounts == rro, name
+        assert not features.user_namespaces, name  # crisp does not map user namespaces yet
+
+
+def test_the_wrapper_handler_runs_the_pods_that_ask_for_it(env: PodsEnv) -> None:
+    before = len(calls(env))
+    plain = env.run_pod()
+    try:
+        plain_container = env.run_container(plain, env.container_config("plain", ["true"]))
+        env.wait_exited(plain_container)
+        assert len(calls(env)) == before, "a default-handler pod went through the wrapper"
+    finally:
+        env.remove_pod(plain)
+
+    pod = env.runtime.RunPodSandbox(cri_pb2.RunPodSandboxRequest(
+        config=env.pod_config(), runtime_handler="logged")).pod_sandbox_id
+    status = env.runtime.PodSandboxStatus(cri_pb2.PodSandboxStatusRequest(
+        pod_sandbox_id=pod)).status
+    assert status.runtime_handler == "logged"
+    container = env.run_container(pod, env.container_config("wrapped", ["sleep", "3600"]))
+    assert env.status(container).status.state == cri_pb2.CONTAINER_RUNNING
+    env.runtime.StopContainer(cri_pb2.StopContainerRequest(container_id=container, timeout=1))
+    env.runtime.RemoveContainer(cri_pb2.RemoveContainerRequest(container_id=container))
+    env.remove_pod(pod)
+    made = wait_for(lambda: commands_for(calls(env), container) >= {"create", "start", "kill",
+                                                                    "delete"} and
+                    commands_for(calls(env), container), 10, "the wrapper's log")
+    assert {"create", "start", "kill", "delete"} <= made
+    root = str(env.daemon.base / "run" / "runtimes" / "logged")
+    assert all(root in line for line in calls(env)[before:] if container in line)
+
+
+def test_an_unknown_handler_is_refused_listing_the_configured_ones(env: PodsEnv) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        env.runtime.RunPodSandbox(cri_pb2.RunPodSandboxRequest(
+            config=env.pod_config(), runtime_handler="kata"))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = str(error.value.details())
+    assert "'kata'" in details and "logged, runc" in details
+
+
+def test_recursive_read_only_mounts_make_submounts_read_only(env: PodsEnv) -> None:
+    features = {h.name: h.features for h in env.runtime.Status(
+        cri_pb2.StatusRequest()).runtime_handlers}["runc"]
+    if not features.recursive_read_only_mounts:
+        pytest.skip("runc or the kernel cannot make recursive read-only mounts here")
+    volume = env.daemon.base / "volume"
+    (volume / "sub").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(volume / "sub")], check=True)
+    pod = env.run_pod()
+    try:
+        script = ["sh", "-c", "touch /data/sub/x 2>/dev/null && echo writable || echo read-only"]
+        outputs = {}
+        for name, recursive in (("rro", True), ("ro", False)):
+            config = env.container_config(name, script)
+            config.mounts.append(cri_pb2.Mount(container_path="/data", host_path=str(volume),
+                                               readonly=True, recursive_read_only=recursive))
+            status = env.wait_exited(env.run_container(pod, config))
+            outputs[name] = Path(status.log_path).read_text().split()[-1]
+        assert outputs == {"rro": "read-only", "ro": "writable"}
+        bad = env.container_config("rro-rw", script)
+        bad.mounts.append(cri_pb2.Mount(container_path="/data", host_path=str(volume),
+                                        recursive_read_only=True))
+        with pytest.raises(grpc.RpcError) as error:
+            env.runtime.CreateContainer(cri_pb2.CreateContainerRequest(pod_sandbox_id=pod,
+                                                                       config=bad))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "readonly" in str(error.value.details())
+    finally:
+        env.remove_pod(pod)
+        subprocess.run(["umount", str(volume / "sub")], check=False)
