@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write to a temporary file, fsync it, rename it over ``path`` and fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -91,7 +91,7 @@ class AttachmentCache:
 
     async def save(self, attachment: Attachment) -> None:
         data = json.dumps(attachment.to_json(), indent=1, sort_keys=True).encode()
-        await asyncio.to_thread(write_atomic, self._path(attachment.sandbox_id), data)
+        await asyncio.to_thread(write_atomic, self._path(attachment.sandbox_id), data, 0o600)
 
     async def load(self, sandbox_id: str) -> Attachment | None:
         path = self._path(sandbox_id)

@@ -65,7 +65,7 @@ def ensure_default(conf_dir: Path, subnets: Sequence[str], ipam_dir: str) -> boo
     path = conf_dir / DEFAULT_CONFIG_NAME
     existing = config_files(conf_dir)
     if not existing:
-        write_atomic(path, wanted, mode=0o644)
+        write_atomic(path, wanted)
         return True
     if path not in existing:
         return False
@@ -75,7 +75,7 @@ def ensure_default(conf_dir: Path, subnets: Sequence[str], ipam_dir: str) -> boo
         return False
     if current == wanted or not _is_untouched(current, ipam_dir):
         return False
-    write_atomic(path, wanted, mode=0o644)
+    write_atomic(path, wanted)
     return True
 
 

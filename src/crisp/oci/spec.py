@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crisp.cgroups import CgroupHost, CgroupMode, LinuxResources, oci_resources
+from crisp.cgroups import CgroupHost, CgroupMode, oci_resources
 from crisp.errors import InvalidArgument
 from crisp.oci.security import (
     DEFAULT_CAPABILITIES as DEFAULT_CAPABILITIES,  # re-exported: spec tests check it
@@ -302,23 +302,12 @@ PORTABLE_HOST = CgroupHost(mode=CgroupMode.LEGACY)
 accounting or hugepages, so only cpu and memory limits pass (unit tests, tools)."""
 
 
-def cgroup_resources(wanted: Resources) -> LinuxResources:
-    """The cgroups package's form of a container's CRI resources."""
-    return LinuxResources(
-        cpu_period=wanted.cpu_period, cpu_quota=wanted.cpu_quota, cpu_shares=wanted.cpu_shares,
-        memory_limit_in_bytes=wanted.memory_limit_in_bytes, oom_score_adj=wanted.oom_score_adj,
-        cpuset_cpus=wanted.cpuset_cpus, cpuset_mems=wanted.cpuset_mems,
-        hugepage_limits=tuple(wanted.hugepage_limits), unified=dict(wanted.unified),
-        memory_swap_limit_in_bytes=wanted.memory_swap_limit_in_bytes,
-    )
-
-
 def linux_resources(wanted: Resources, host: CgroupHost | None = None) -> dict[str, Any]:
     """OCI ``linux.resources`` (without devices) for CRI's settings, validated for ``host``.
 
     The same dict serves config.json and ``runc update --resources``.
     """
-    return oci_resources(cgroup_resources(wanted), host or PORTABLE_HOST)
+    return oci_resources(wanted, host or PORTABLE_HOST)
 
 
 def _resources(spec: Spec, inputs: SpecInputs) -> None:

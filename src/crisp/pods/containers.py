@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from crisp.durable import write_atomic
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
 from crisp.oci.backend import RuntimeBackend
 from crisp.oci.conmon import MonitorOptions, read_exit_code
@@ -30,7 +31,7 @@ from crisp.pods.context import PodContext
 from crisp.pods.events import EventKind, LifecycleEvent
 from crisp.pods.exits import ExitWatcher
 from crisp.pods.failpoints import failpoint
-from crisp.pods.host import process_start_time, write_atomic
+from crisp.pods.host import process_start_time
 from crisp.pods.model import (
     Container,
     ContainerConfig,

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crisp.durable import write_atomic
 from crisp.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RuntimeFailure
 from crisp.oci.runtime import OCIRuntime
-from crisp.pods.host import write_atomic
 from crisp.pods.model import Container, ContainerState
 
 # Bytes kept per stream. CRI asks for at most 16 MiB; both streams together must also fit the

@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from crisp.cgroups.resources import HugepageLimit
+from crisp.cgroups.resources import LinuxResources
 
 
 class NamespaceMode(enum.IntEnum):
@@ -139,20 +139,9 @@ class SandboxConfig:
     readonly_rootfs: bool = False
 
 
-@dataclass(frozen=True)
-class Resources:
-    """Linux cgroup settings; zero or empty means "not set", as in CRI."""
-
-    cpu_period: int = 0
-    cpu_quota: int = 0
-    cpu_shares: int = 0
-    memory_limit_in_bytes: int = 0
-    oom_score_adj: int = 0
-    cpuset_cpus: str = ""
-    cpuset_mems: str = ""
-    memory_swap_limit_in_bytes: int = 0
-    unified: dict[str, str] = field(default_factory=dict)
-    hugepage_limits: tuple[HugepageLimit, ...] = ()
+# A container's cgroup settings are the cgroups package's own type: zero or empty means
+# "not set", as in CRI.
+Resources = LinuxResources
 
 
 @dataclass(frozen=True)

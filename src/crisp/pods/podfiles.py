@@ -7,8 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from crisp.durable import write_atomic
 from crisp.errors import InvalidArgument
-from crisp.pods.host import mount_tmpfs, unmount, write_atomic
+from crisp.pods.host import mount_tmpfs, unmount
 from crisp.pods.model import DNSConfig
 
 SHM_OPTIONS = "mode=1777,size=65536k"
