@@ -176,3 +176,117 @@ def test_metrics_are_described_and_agree_with_stats(env: PodsEnv,
     labels = dict(zip(container_keys, fs.label_values, strict=True))
     assert labels["id"] == idle and labels["container"] == "idle"
     assert by_container[idle]["container_memory_working_set_bytes"].metric_type == cri_pb2.GAUGE
+
+
+CADVISOR_CONTAINER_METRICS = {
+    "container_blkio_device_usage_total", "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total", "container_cpu_cfs_throttled_seconds_total",
+    "container_cpu_system_seconds_total", "container_cpu_usage_seconds_total",
+    "container_cpu_user_seconds_total", "container_file_descriptors",
+    "container_fs_inodes_free", "container_fs_inodes_total", "container_fs_limit_bytes",
+    "container_fs_reads_bytes_total", "container_fs_reads_total", "container_fs_usage_bytes",
+    "container_fs_writes_bytes_total", "container_fs_writes_total",
+    "container_hugetlb_max_usage_bytes", "container_hugetlb_usage_bytes",
+    "container_last_seen", "container_memory_cache", "container_memory_failcnt",
+    "container_memory_failures_total", "container_memory_kernel_usage",
+    "container_memory_mapped_file", "container_memory_max_usage_bytes",
+    "container_memory_rss", "container_memory_swap", "container_memory_usage_bytes",
+    "container_memory_working_set_bytes", "container_oom_events_total",
+    "container_pressure_cpu_stalled_seconds_total",
+    "container_pressure_cpu_waiting_seconds_total",
+    "container_pressure_io_stalled_seconds_total",
+    "container_pressure_io_waiting_seconds_total",
+    "container_pressure_memory_stalled_seconds_total",
+    "container_pressure_memory_waiting_seconds_total", "container_processes",
+    "container_sockets", "container_spec_cpu_period", "container_spec_cpu_quota",
+    "container_spec_cpu_shares", "container_spec_memory_limit_bytes",
+    "container_spec_memory_reservation_limit_bytes",
+    "container_spec_memory_swap_limit_bytes", "container_start_time_seconds",
+    "container_threads", "container_threads_max", "container_ulimits_soft",
+}
+"""The per-container series the kubelet's /metrics/cadvisor shows (network ones aside)."""
+
+NOT_ALWAYS_ACCOUNTED = {
+    # Only with the hugetlb controller, which this kind of host may not mount.
+    "container_hugetlb_max_usage_bytes", "container_hugetlb_usage_bytes",
+    # Only once the container did block I/O the blkio/io controller saw.
+    "container_blkio_device_usage_total", "container_fs_reads_bytes_total",
+    "container_fs_reads_total", "container_fs_writes_bytes_total", "container_fs_writes_total",
+}
+
+MEMORY_LIMIT = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def limited(env: PodsEnv) -> Iterator[tuple[str, str, int]]:
+    """A pod whose only container burns CPU under a 20% quota: (pod, container, start)."""
+    started = time.time()
+    pod_id = env.run_pod()
+    config = env.container_config("limited", BURN)
+    config.linux.resources.CopyFrom(cri_pb2.LinuxContainerResources(
+        cpu_period=100_000, cpu_quota=20_000, cpu_shares=512,
+        memory_limit_in_bytes=MEMORY_LIMIT, memory_swap_limit_in_bytes=MEMORY_LIMIT))
+    container_id = env.run_container(pod_id, config)
+    yield pod_id, container_id, int(started)
+    env.remove_pod(pod_id)
+
+
+def container_metrics(env: PodsEnv, pod_id: str, container_id: str) -> dict[str, Any]:
+    """name -> metric of one container (first series of each name), labels checked."""
+    descriptors = {d.name: list(d.label_keys) for d in env.runtime.ListMetricDescriptors(
+        cri_pb2.ListMetricDescriptorsRequest()).descriptors}
+    response = env.runtime.ListPodSandboxMetrics(cri_pb2.ListPodSandboxMetricsRequest())
+    (pod,) = [p for p in response.pod_metrics if p.pod_sandbox_id == pod_id]
+    (ours,) = [c for c in pod.container_metrics if c.container_id == container_id]
+    metrics: dict[str, Any] = {}
+    for metric in ours.metrics:
+        assert len(metric.label_values) == len(descriptors[metric.name]), metric.name
+        metrics.setdefault(metric.name, metric)
+    return metrics
+
+
+def test_every_cadvisor_metric_is_described(env: PodsEnv) -> None:
+    descriptors = {d.name: d for d in env.runtime.ListMetricDescriptors(
+        cri_pb2.ListMetricDescriptorsRequest()).descriptors}
+    assert not CADVISOR_CONTAINER_METRICS - set(descriptors)
+    for descriptor in descriptors.values():
+        assert descriptor.help and descriptor.label_keys, descriptor.name
+
+
+def test_metrics_of_a_running_container_are_real(env: PodsEnv,
+                                                 limited: tuple[str, str, int]) -> None:
+    pod_id, container_id, started = limited
+    first = container_metrics(env, pod_id, container_id)
+    time.sleep(1.0)
+    second = container_metrics(env, pod_id, container_id)
+    now = time.time()
+    missing = CADVISOR_CONTAINER_METRICS - NOT_ALWAYS_ACCOUNTED - set(second)
+    if not Path("/proc/pressure").is_dir():
+        missing -= {name for name in missing if name.startswith("container_pressure_")}
+    assert not missing
+
+    def value(metrics: dict[str, Any], name: str) -> int:
+        return int(metrics[name].value.value)
+
+    # A 100 ms period elapses ten times a second while the loop runs; a 20% quota throttles.
+    periods = value(second, "container_cpu_cfs_periods_total")
+    assert periods >= value(first, "container_cpu_cfs_periods_total") + 5
+    assert value(second, "container_cpu_cfs_throttled_periods_total") > 0
+    assert value(second, "container_threads") >= 1
+    assert value(second, "container_file_descriptors") > 0
+    assert value(second, "container_processes") >= 1
+    assert abs(value(second, "container_last_seen") - now) <= 5
+    assert started - 1 <= value(second, "container_start_time_seconds") <= now
+    assert value(second, "container_spec_cpu_period") == 100_000
+    assert value(second, "container_spec_cpu_quota") == 20_000
+    assert value(second, "container_spec_cpu_shares") == 512
+    assert value(second, "container_spec_memory_limit_bytes") == MEMORY_LIMIT
+    assert value(second, "container_spec_memory_swap_limit_bytes") == MEMORY_LIMIT
+    assert value(second, "container_memory_max_usage_bytes") >= value(
+        second, "container_memory_usage_bytes") > 0
+    assert value(second, "container_fs_limit_bytes") > 0
+    assert value(second, "container_fs_inodes_total") >= value(
+        second, "container_fs_inodes_free") > 0
+    fs_labels = list(second["container_fs_limit_bytes"].label_values)
+    assert fs_labels[1] == container_id and fs_labels[-1]  # device named
+    assert list(second["container_ulimits_soft"].label_values)[-1] == "max_open_files"

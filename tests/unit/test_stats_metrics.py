@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
+
 import pytest
 
 from crisp.api import cri_pb2
 from crisp.cgroups import (
+    BlockDeviceIo,
+    CgroupAccounting,
     CgroupHost,
     CgroupMode,
     CgroupUsage,
     ContainerCgroupStats,
     HugepageLimit,
     InterfaceStats,
+    Pressure,
+    ProcessTotals,
 )
-from crisp.errors import FailedPrecondition, InvalidArgument
+from crisp.cgroups.accounting import (
+    cpu_weight_to_shares,
+    parse_blkio_v1,
+    parse_io_stat,
+    parse_pressure,
+    read_accounting,
+)
+from crisp.cgroups.processes import parse_open_files_soft_limit
+from crisp.errors import FailedPrecondition, InvalidArgument, NotFound
 from crisp.oci.handlers import features_of, kernel_version
 from crisp.oci.spec import linux_resources
+from crisp.pods.filesystems import (
+    FilesystemInfo,
+    filesystem_of,
+    parse_mountinfo,
+    writable_directory,
+)
 from crisp.pods.metrics import METRIC_DESCRIPTORS, MetricKind, container_samples, pod_metrics
 from crisp.pods.model import (
     Container,
@@ -94,7 +116,8 @@ def test_container_samples_use_cadvisor_names_and_units() -> None:
     assert samples["container_memory_working_set_bytes"].value == 4096
     assert samples["container_memory_working_set_bytes"].kind is MetricKind.GAUGE
     assert samples["container_fs_usage_bytes"].value == 4096
-    assert samples["container_fs_usage_bytes"].label_values == ("app", "c1", "busybox")
+    # No filesystem read (the stats calls skip it): the device is unknown, left empty.
+    assert samples["container_fs_usage_bytes"].label_values == ("app", "c1", "busybox", "")
     assert "container_memory_swap" not in samples  # not accounted: left out, not zero
 
 
@@ -180,3 +203,187 @@ def test_hugepage_limits_cross_the_protobuf_border_both_ways() -> None:
     status = container_status(container(), converted)
     assert status.resources.linux.hugepage_limits[0].page_size == "2MB"
     assert status.resources.linux.cpu_quota == 5
+
+
+# Detailed accounting for the cAdvisor-style metrics ---------------------------------------
+
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def test_blkio_io_stat_and_pressure_parsers() -> None:
+    assert parse_blkio_v1("254:0 Read 4096\n254:0 Write 8192\n254:0 Total 12288\n"
+                          "7:1 Read 10\nTotal 12298\n") == {
+        (254, 0): {"Read": 4096, "Write": 8192, "Total": 12288}, (7, 1): {"Read": 10}}
+    by_bytes, by_operations = parse_io_stat(
+        "254:0 rbytes=4096 wbytes=512 rios=2 wios=1 dbytes=0 dios=0\n")
+    assert by_bytes == {(254, 0): {"Read": 4096, "Write": 512, "Discard": 0}}
+    assert by_operations == {(254, 0): {"Read": 2, "Write": 1, "Discard": 0}}
+    pressure = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=1500\n"
+                              "full avg10=0.00 avg60=0.00 avg300=0.00 total=700\n")
+    assert pressure is not None
+    assert (pressure.waiting_ns, pressure.stalled_ns) == (1_500_000, 700_000)
+    assert parse_pressure("") is None
+    limits = "Limit Soft Limit Hard Limit Units\nMax open files 1024 4096 files\n"
+    assert parse_open_files_soft_limit(limits) == 1024
+    assert parse_open_files_soft_limit("Max open files unlimited unlimited files") == 0
+    assert (cpu_weight_to_shares(1), cpu_weight_to_shares(10000)) == (2, 262144)
+    # runc stores shares 1024 as weight 39; the way back loses the rounding.
+    assert cpu_weight_to_shares(39) == 998
+
+
+def test_accounting_of_a_v1_cgroup(tmp_path: Path) -> None:
+    mounts = {name: str(tmp_path / name)
+              for name in ("cpu", "cpuacct", "memory", "blkio", "pids")}
+    host = CgroupHost(mode=CgroupMode.HYBRID, v1_mounts=mounts,
+                      unified_mount=str(tmp_path / "unified"))
+    cgroup = "/pod/c1"
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    write_files(tmp_path / "cpuacct/pod/c1", {"cpuacct.stat": "user 300\nsystem 150\n"})
+    write_files(tmp_path / "cpu/pod/c1", {
+        "cpu.stat": "nr_periods 40\nnr_throttled 12\nthrottled_time 2500000000\n",
+        "cpu.cfs_period_us": "100000\n", "cpu.cfs_quota_us": "20000\n",
+        "cpu.shares": "1024\n"})
+    write_files(tmp_path / "memory/pod/c1", {
+        "memory.stat": "cache 1\ntotal_cache 8192\ntotal_mapped_file 4096\n",
+        "memory.kmem.usage_in_bytes": "65536\n", "memory.failcnt": "3\n",
+        "memory.max_usage_in_bytes": "1048576\n", "memory.limit_in_bytes": "67108864\n",
+        "memory.memsw.limit_in_bytes": "9223372036854771712\n",
+        "memory.soft_limit_in_bytes": "9223372036854771712\n"})
+    write_files(tmp_path / "blkio/pod/c1", {
+        "blkio.throttle.io_service_bytes": "254:0 Read 4096\n254:0 Write 512\nTotal 4608\n",
+        "blkio.throttle.io_serviced": "254:0 Read 2\n254:0 Write 1\nTotal 3\n"})
+    write_files(tmp_path / "pids/pod/c1", {"pids.max": "max\n",
+                                           "cgroup.procs": f"{os.getpid()}\n"})
+    write_files(tmp_path / "unified/pod/c1", {
+        "cpu.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=3000000\n"
+                        "full avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n"})
+    reading = read_accounting(host, cgroup, init_pid=os.getpid())
+    assert (reading.cpu_user_ns, reading.cpu_system_ns) == (300 * tick_ns, 150 * tick_ns)
+    assert (reading.cfs_periods, reading.cfs_throttled_periods) == (40, 12)
+    assert reading.cfs_throttled_ns == 2_500_000_000
+    assert (reading.spec_cpu_period_us, reading.spec_cpu_quota_us) == (100000, 20000)
+    assert reading.spec_cpu_shares == 1024
+    assert (reading.memory_cache, reading.memory_mapped_file) == (8192, 4096)
+    assert (reading.memory_kernel, reading.memory_failcnt) == (65536, 3)
+    assert reading.memory_max_usage == 1048576
+    assert reading.spec_memory_limit == 67108864
+    assert reading.spec_memory_swap_limit == 0  # the kernel's "no limit": cAdvisor's 0
+    assert reading.spec_memory_reservation == 0
+    assert reading.threads_max == 0
+    (device,) = reading.block_io
+    assert (device.major, device.minor) == (254, 0)
+    assert device.bytes == {"Read": 4096, "Write": 512}
+    assert device.operations == {"Read": 2, "Write": 1}
+    assert reading.pressure["cpu"].waiting_ns == 3_000_000_000
+    assert "io" not in reading.pressure
+    assert reading.processes is not None  # this test's own process, really in /proc
+    assert reading.processes.threads >= 1 and reading.processes.file_descriptors >= 3
+    assert reading.open_files_soft_limit is not None and reading.open_files_soft_limit > 0
+    with pytest.raises(NotFound):
+        read_accounting(host, "/pod/gone")
+
+
+def test_accounting_of_a_v2_cgroup(tmp_path: Path) -> None:
+    host = CgroupHost(mode=CgroupMode.UNIFIED, unified_mount=str(tmp_path),
+                      unified_controllers=frozenset({"cpu", "memory", "io", "pids"}))
+    write_files(tmp_path / "pod/c1", {
+        "cpu.stat": "usage_usec 9000000\nuser_usec 6000000\nsystem_usec 3000000\n"
+                    "nr_periods 50\nnr_throttled 5\nthrottled_usec 1500000\n",
+        "cpu.max": "20000 100000\n", "cpu.weight": "100\n",
+        "memory.stat": "anon 4096\nfile 8192\nfile_mapped 2048\nkernel 12288\n",
+        "memory.events": "low 0\nhigh 0\nmax 7\noom 0\noom_kill 0\n",
+        "memory.peak": "999999\n", "memory.max": "67108864\n",
+        "memory.swap.max": "0\n", "memory.low": "0\n",
+        "io.stat": "254:0 rbytes=4096 wbytes=512 rios=2 wios=1 dbytes=0 dios=0\n",
+        "pids.max": "128\n", "cgroup.procs": ""})
+    reading = read_accounting(host, "/pod/c1")
+    assert (reading.cpu_user_ns, reading.cpu_system_ns) == (6 * 10**9, 3 * 10**9)
+    assert (reading.cfs_periods, reading.cfs_throttled_periods) == (50, 5)
+    assert reading.cfs_throttled_ns == 1_500_000_000
+    assert (reading.spec_cpu_period_us, reading.spec_cpu_quota_us) == (100000, 20000)
+    assert reading.spec_cpu_shares == cpu_weight_to_shares(100)
+    assert (reading.memory_cache, reading.memory_mapped_file) == (8192, 2048)
+    assert (reading.memory_kernel, reading.memory_failcnt) == (12288, 7)
+    assert reading.memory_max_usage == 999999
+    assert reading.spec_memory_limit == 67108864
+    assert reading.spec_memory_swap_limit == 67108864  # memory plus no swap, as CRI says
+    assert reading.threads_max == 128
+    assert reading.block_io[0].bytes["Read"] == 4096
+    assert reading.processes is not None and reading.processes.threads == 0
+    (tmp_path / "pod/c1/memory.swap.max").write_text("max\n")
+    assert read_accounting(host, "/pod/c1").spec_memory_swap_limit == 0  # unlimited swap
+
+
+def test_writable_layer_filesystem_is_the_overlay_upper_dir(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    mountinfo = parse_mountinfo(
+        "25 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        f"90 25 0:77 / /run/c1/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir={upper},"
+        "workdir=/w\n"
+        "91 25 0:78 / /mnt/with\\040space rw - tmpfs tmpfs rw\n")
+    assert writable_directory("/run/c1/rootfs", mountinfo) == str(upper)
+    assert writable_directory("/elsewhere", mountinfo) == "/elsewhere"
+    assert mountinfo[2].mount_point == "/mnt/with space"
+    info = filesystem_of("/run/c1/rootfs", mountinfo)
+    assert info is not None
+    vfs = os.statvfs(upper)
+    assert info.capacity_bytes == vfs.f_blocks * vfs.f_frsize > 0
+    assert info.inodes_total == vfs.f_files
+    assert filesystem_of(str(tmp_path / "missing"), mountinfo) is None
+
+
+def detailed_usage() -> ContainerUsage:
+    base = usage(reading())
+    accounting = CgroupAccounting(
+        timestamp_ns=10, cpu_user_ns=2_900_000_000, cpu_system_ns=600_000_000,
+        cfs_periods=40, cfs_throttled_periods=12, cfs_throttled_ns=2_500_000_000,
+        memory_cache=8192, memory_mapped_file=4096, memory_kernel=65536, memory_failcnt=3,
+        memory_max_usage=1 << 20,
+        block_io=(BlockDeviceIo(254, 0, "/dev/vda", {"Read": 4096, "Write": 512},
+                                {"Read": 2, "Write": 1}),),
+        pressure={"cpu": Pressure(waiting_ns=3 * 10**9, stalled_ns=10**9)},
+        processes=ProcessTotals(threads=3, file_descriptors=7, sockets=1), threads_max=0,
+        open_files_soft_limit=1024, spec_cpu_period_us=100000, spec_cpu_quota_us=20000,
+        spec_cpu_shares=1024, spec_memory_limit=1 << 26, spec_memory_swap_limit=1 << 26,
+        spec_memory_reservation=0)
+    container = dataclasses.replace(base.container, started_at=1_700_000_000_500_000_000)
+    return dataclasses.replace(
+        base, container=container, accounting=accounting,
+        filesystem=FilesystemInfo(device="/dev/vda", capacity_bytes=1 << 30,
+                                  inodes_total=1000, inodes_free=900))
+
+
+def test_detailed_samples_follow_cadvisor_units_and_labels() -> None:
+    samples = container_samples(detailed_usage())
+    described = {d.name: d for d in METRIC_DESCRIPTORS}
+    for sample in samples:
+        assert len(sample.label_values) == len(described[sample.name].label_keys)
+        assert sample.kind is described[sample.name].kind
+    values = {(s.name, s.label_values[3:]): s.value for s in samples}
+    assert values["container_cpu_user_seconds_total", ()] == 2  # whole seconds
+    assert values["container_cpu_cfs_throttled_seconds_total", ()] == 2
+    assert values["container_cpu_cfs_periods_total", ()] == 40
+    assert values["container_memory_failcnt", ()] == 3
+    assert values["container_blkio_device_usage_total", ("/dev/vda", "254", "0", "Read")] == 4096
+    assert values["container_fs_writes_bytes_total", ("/dev/vda",)] == 512
+    assert values["container_fs_reads_total", ("/dev/vda",)] == 2
+    assert values["container_fs_usage_bytes", ("/dev/vda",)] == 4096
+    assert values["container_fs_inodes_free", ("/dev/vda",)] == 900
+    assert values["container_fs_limit_bytes", ("/dev/vda",)] == 1 << 30
+    assert values["container_threads", ()] == 3
+    assert values["container_sockets", ()] == 1
+    assert values["container_ulimits_soft", ("max_open_files",)] == 1024
+    assert values["container_pressure_cpu_waiting_seconds_total", ()] == 3
+    assert values["container_pressure_cpu_stalled_seconds_total", ()] == 1
+    assert ("container_pressure_io_waiting_seconds_total", ()) not in values
+    assert values["container_spec_cpu_quota", ()] == 20000
+    assert values["container_spec_memory_swap_limit_bytes", ()] == 1 << 26
+    assert values["container_start_time_seconds", ()] == 1_700_000_000
+    assert values["container_last_seen", ()] == 0  # the reading's timestamp 10 ns
+    kinds = {s.name: s.kind for s in samples}
+    assert kinds["container_cpu_cfs_periods_total"] is MetricKind.COUNTER
+    assert kinds["container_spec_cpu_shares"] is MetricKind.GAUGE

@@ -2,11 +2,19 @@
 
 `CgroupService` (built once with `CgroupService.detect(config.cgroup_manager)`) is what the
 sandbox and container services hold: pod parents, cgroupsPath, OCI resources, oom_score_adj,
-limits read back and usage with CPU rates. The pure pieces under it (`cgroups_path`,
-`oci_resources`, `read_stats`, ...) are exported for the spec builder and for tests; the
+limits read back, usage with CPU rates and the detailed accounting metrics report. The pure
+pieces under it (`cgroups_path`, `oci_resources`, `read_stats`, `read_accounting`, ...) are
+exported for the spec builder and for tests; the
 netdev readers give a pod's interface counters. Nothing here imports grpc or protobuf.
 """
 
+from crisp.cgroups.accounting import (
+    BlockDeviceIo,
+    CgroupAccounting,
+    HugetlbUsage,
+    Pressure,
+    read_accounting,
+)
 from crisp.cgroups.driver import (
     CgroupDriver,
     CgroupfsDriver,
@@ -17,6 +25,7 @@ from crisp.cgroups.driver import (
 )
 from crisp.cgroups.host import CgroupHost, CgroupMode, detect_host
 from crisp.cgroups.netdev import InterfaceStats, interfaces_of_netns, interfaces_of_pid
+from crisp.cgroups.processes import ProcessTotals
 from crisp.cgroups.resources import (
     HugepageLimit,
     LinuxResources,
@@ -37,6 +46,8 @@ from crisp.cgroups.stats import (
 from crisp.cgroups.tree import cgroup_dirs, remove_cgroup
 
 __all__ = [
+    "BlockDeviceIo",
+    "CgroupAccounting",
     "CgroupDriver",
     "CgroupHost",
     "CgroupMode",
@@ -46,8 +57,11 @@ __all__ = [
     "ContainerCgroupStats",
     "CpuRateTracker",
     "HugepageLimit",
+    "HugetlbUsage",
     "InterfaceStats",
     "LinuxResources",
+    "Pressure",
+    "ProcessTotals",
     "SystemdDriver",
     "cgroup_dirs",
     "cgroups_path",
@@ -59,6 +73,7 @@ __all__ = [
     "interfaces_of_netns",
     "interfaces_of_pid",
     "oci_resources",
+    "read_accounting",
     "read_resources",
     "read_resources_async",
     "read_stats",

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from crisp.cgroups.accounting import CgroupAccounting, read_accounting_many
 from crisp.cgroups.driver import CgroupDriver, driver_for
 from crisp.cgroups.host import CgroupHost, detect_host
 from crisp.cgroups.resources import (
@@ -105,6 +106,14 @@ class CgroupService:
             if (stats := readings.get(cgroup)) is not None:
                 usage[container_id] = CgroupUsage(stats, self._rates.update(container_id, stats))
         return usage
+
+    async def containers_accounting(
+        self, containers: dict[str, tuple[str, int]]
+    ) -> dict[str, CgroupAccounting]:
+        """Detailed readings (id -> (cgroupsPath, init pid)) in one thread; gone ones left out."""
+        cgroups = {cid: (self.driver.container_cgroup(path), pid)
+                   for cid, (path, pid) in containers.items()}
+        return await read_accounting_many(self.host, cgroups)
 
     async def pod_usage(self, sandbox_id: str, cgroup_parent: str) -> CgroupUsage:
         """A pod's usage from its cgroup parent (all its containers together)."""

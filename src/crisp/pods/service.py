@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from crisp.cgroups import CgroupService
 from crisp.config import LiveConfig
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound
+from crisp.oci.handlers import handler_problems
 from crisp.pods.codec import to_document
 from crisp.pods.containers import ContainerManager
 from crisp.pods.context import PodContext, finish_even_if_cancelled
@@ -70,6 +71,16 @@ class PodService:
         """Stop watching; containers and their monitors keep running."""
         self.ctx.events.close()
         await self.containers.watcher.close()
+
+    def readiness(self) -> tuple[bool, str, str]:
+        """Whether pods can run here: (ready, reason, message) for the RuntimeReady condition."""
+        config = self.ctx.live.current
+        problems = handler_problems(config.default_runtime, config.runtime(""))
+        reason = "RuntimeBinaryMissing" if problems else ""
+        if self.ctx.cgroups_problem:
+            problems.append(self.ctx.cgroups_problem)
+            reason = reason or "CgroupDriverUnavailable"
+        return not problems, reason, "; ".join(problems)
 
     # Sandboxes ---------------------------------------------------------------------------
 
@@ -202,11 +213,15 @@ class PodService:
         return await self.usage.pod_usage(sandbox, self.containers_of(sandbox.id))
 
     async def sandboxes_usage(self, id_prefix: str = "",
-                              labels: dict[str, str] | None = None) -> list[PodUsage]:
-        """Usage of the pods the filter selects, their containers included."""
+                              labels: dict[str, str] | None = None,
+                              detailed: bool = False) -> list[PodUsage]:
+        """Usage of the pods the filter selects, their containers included.
+
+        ``detailed`` adds what only the metrics report (see UsageReader.containers_usage).
+        """
         sandboxes = self.list_sandboxes(id_prefix=id_prefix, labels=labels)
         return list(await asyncio.gather(*(
-            self.usage.pod_usage(s, self.containers_of(s.id)) for s in sandboxes
+            self.usage.pod_usage(s, self.containers_of(s.id), detailed) for s in sandboxes
         )))
 
     async def reopen_log(self, container_id: str) -> None:

@@ -13,10 +13,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from crisp.cgroups import CgroupUsage, InterfaceStats, interfaces_of_netns
+from crisp.cgroups import CgroupAccounting, CgroupUsage, InterfaceStats, interfaces_of_netns
 from crisp.errors import CrispError, NotFound
 from crisp.pods.containers import ContainerManager
 from crisp.pods.context import PodContext
+from crisp.pods.filesystems import FilesystemInfo, filesystems_of
 from crisp.pods.model import Container, Sandbox
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,17 @@ class WritableLayer:
 
 @dataclass(frozen=True)
 class ContainerUsage:
-    """One container's reading; ``cgroup`` None when it has no cgroup (not running)."""
+    """One container's reading; ``cgroup`` None when it has no cgroup (not running).
+
+    ``accounting`` and ``filesystem`` are read only for metrics (see `UsageReader`).
+    """
 
     container: Container
     timestamp_ns: int
     cgroup: CgroupUsage | None
     writable_layer: WritableLayer | None
+    accounting: CgroupAccounting | None = None
+    filesystem: FilesystemInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -66,20 +72,35 @@ class UsageReader:
         self.ctx = ctx
         self.containers = containers
 
-    async def containers_usage(self, containers: list[Container]) -> list[ContainerUsage]:
-        """Usage of ``containers`` (in that order): cgroups in one batch, layers in parallel."""
+    async def containers_usage(self, containers: list[Container],
+                               detailed: bool = False) -> list[ContainerUsage]:
+        """Usage of ``containers`` (in that order): cgroups in one batch, layers in parallel.
+
+        ``detailed`` adds the cgroup accounting and writable-layer filesystem the metrics
+        report; the stats calls do without (they are polled as often and need less).
+        """
         cgroups = self.ctx.cgroups
         paths = {c.id: self.containers.cgroups_path(c) for c in containers if c.pid}
         readings = await cgroups.containers_usage(paths) if paths else {}
+        accounting: dict[str, CgroupAccounting] = {}
+        filesystems: dict[str, FilesystemInfo] = {}
+        if detailed:
+            running = {c.id: (paths[c.id], c.pid) for c in containers if c.id in readings}
+            accounting, filesystems = await asyncio.gather(
+                cgroups.containers_accounting(running),
+                asyncio.to_thread(filesystems_of, [c.rootfs for c in containers]),
+            )
         layers = await asyncio.gather(*(self._writable_layer(c) for c in containers))
         now = time.time_ns()
         return [
             ContainerUsage(container=c, timestamp_ns=now, cgroup=readings.get(c.id),
-                           writable_layer=layer)
+                           writable_layer=layer, accounting=accounting.get(c.id),
+                           filesystem=filesystems.get(c.rootfs))
             for c, layer in zip(containers, layers, strict=True)
         ]
 
-    async def pod_usage(self, sandbox: Sandbox, containers: list[Container]) -> PodUsage:
+    async def pod_usage(self, sandbox: Sandbox, containers: list[Container],
+                        detailed: bool = False) -> PodUsage:
         """A pod's usage; containers as `containers_usage` reads them."""
         cgroup: CgroupUsage | None = None
         if sandbox.cgroup_parent:
@@ -88,7 +109,7 @@ class UsageReader:
             except NotFound:
                 cgroup = None  # runc makes the pod cgroup with the pod's first container
         interfaces, usage = await asyncio.gather(
-            self._interfaces(sandbox), self.containers_usage(containers)
+            self._interfaces(sandbox), self.containers_usage(containers, detailed)
         )
         return PodUsage(sandbox=sandbox, timestamp_ns=time.time_ns(), cgroup=cgroup,
                         interfaces=interfaces, containers=usage)

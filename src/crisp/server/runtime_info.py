@@ -12,7 +12,7 @@ import grpc
 
 from crisp import __version__
 from crisp.api import cri_pb2
-from crisp.oci.handlers import handler_features, handler_problems
+from crisp.oci.handlers import handler_features
 from crisp.server.services import Services
 
 log = logging.getLogger(__name__)
@@ -43,23 +43,11 @@ class RuntimeInfoCalls:
         self, request: cri_pb2.StatusRequest, context: Context
     ) -> cri_pb2.StatusResponse:
         config = self.services.live.current
-        problems = [
-            p
-            for name, handler in sorted(config.runtimes.items())
-            for p in handler_problems(name, handler)
-            if name == config.default_runtime
-        ]
-        reason = "" if not problems else "RuntimeBinaryMissing"
-        if cgroups_problem := self.services.pods.ctx.cgroups_problem:
-            problems.append(cgroups_problem)
-            reason = reason or "CgroupDriverUnavailable"
+        ready, reason, message = self.services.pods.readiness()
         runtime = cri_pb2.RuntimeCondition(
-            type="RuntimeReady",
-            status=not problems,
-            reason=reason,
-            message="; ".join(problems),
+            type="RuntimeReady", status=ready, reason=reason, message=message
         )
-        network_ready, reason, message = await self.services.network_status()
+        network_ready, reason, message = await self.services.network.status()
         network = cri_pb2.RuntimeCondition(
             type="NetworkReady", status=network_ready, reason=reason, message=message
         )
@@ -96,5 +84,5 @@ class RuntimeInfoCalls:
     ) -> cri_pb2.UpdateRuntimeConfigResponse:
         cidr = request.runtime_config.network_config.pod_cidr
         if cidr:
-            await self.services.update_pod_cidr(cidr)
+            await self.services.network.update_pod_cidr(cidr)
         return cri_pb2.UpdateRuntimeConfigResponse()

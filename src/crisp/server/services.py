@@ -55,15 +55,6 @@ class Services:
         return cls(live=live, db=db, settings=settings, network=network, images=images,
                    pods=pods)
 
-    async def network_status(self) -> tuple[bool, str, str]:
-        """Whether pods can get networking: (ready, reason, message)."""
-        ready, reason, message = await self.network.status()
-        return ready, reason, message
-
-    async def update_pod_cidr(self, cidr: str) -> None:
-        """Record the node's pod CIDR(s) from the kubelet, comma-separated for dual stack."""
-        await self.network.update_pod_cidr(cidr)  # validates, stores as "pod_cidr", applies
-
     async def close(self) -> None:
         await self.pods.close()
         await self.images.close()

@@ -171,7 +171,7 @@ class StatsCalls:
     async def ListPodSandboxMetrics(
         self, request: cri_pb2.ListPodSandboxMetricsRequest, context: Context
     ) -> cri_pb2.ListPodSandboxMetricsResponse:
-        usage = await self._stats_pods.sandboxes_usage()
+        usage = await self._stats_pods.sandboxes_usage(detailed=True)
         response = cri_pb2.ListPodSandboxMetricsResponse()
         for pod in map(pod_metrics, usage):
             response.pod_metrics.append(cri_pb2.PodSandboxMetrics(
