@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from crisp.cgroups.files import read_int, read_text
 from crisp.cgroups.host import CgroupHost
 from crisp.cgroups.processes import (
     ProcessTotals,
@@ -93,21 +94,9 @@ class CgroupAccounting:
     spec_memory_reservation: int | None = None
 
 
-def _text(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text()
-    except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
-        return None
-
-
-def _int(path: Path | None) -> int | None:
-    text = _text(path)
-    if text is None:
-        return None
-    text = text.strip()
-    return 0 if text == "max" else int(text)
+def _limit_int(path: Path | None) -> int | None:
+    """A number file as cAdvisor reads it: the kernel's "max" (no limit) is 0."""
+    return read_int(path, max_as=0)
 
 
 def _scaled(value: int | None, factor: int) -> int | None:
@@ -124,7 +113,7 @@ def _limit(value: int | None) -> int | None:
 @functools.lru_cache(maxsize=256)
 def block_device_name(major: int, minor: int, sys_dev_block: str = SYS_DEV_BLOCK) -> str:
     """/dev/NAME of a block device from sysfs, or "MAJOR:MINOR" if sysfs does not know it."""
-    uevent = _text(Path(sys_dev_block, f"{major}:{minor}", "uevent")) or ""
+    uevent = read_text(Path(sys_dev_block, f"{major}:{minor}", "uevent")) or ""
     for line in uevent.splitlines():
         key, _, value = line.partition("=")
         if key == "DEVNAME" and value:
@@ -207,7 +196,7 @@ def cpu_weight_to_shares(weight: int) -> int:
 def _v1(host: CgroupHost, cgroup: str, reading: CgroupAccounting) -> CgroupAccounting:
     """``reading`` with what the v1 controllers account, controller by controller."""
     if (cpuacct := host.controller_dir("cpuacct", cgroup)) is not None:
-        ticks = parse_flat_keyed(_text(cpuacct / "cpuacct.stat"))
+        ticks = parse_flat_keyed(read_text(cpuacct / "cpuacct.stat"))
         nanoseconds_per_tick = NANOSECONDS_PER_SECOND // os.sysconf("SC_CLK_TCK")
         reading = replace(
             reading,
@@ -215,44 +204,44 @@ def _v1(host: CgroupHost, cgroup: str, reading: CgroupAccounting) -> CgroupAccou
             cpu_system_ns=_scaled(ticks.get("system"), nanoseconds_per_tick),
         )
     if (cpu := host.controller_dir("cpu", cgroup)) is not None:
-        stat = parse_flat_keyed(_text(cpu / "cpu.stat"))
-        quota = _int(cpu / "cpu.cfs_quota_us")
+        stat = parse_flat_keyed(read_text(cpu / "cpu.stat"))
+        quota = _limit_int(cpu / "cpu.cfs_quota_us")
         reading = replace(
             reading,
             cfs_periods=stat.get("nr_periods"),
             cfs_throttled_periods=stat.get("nr_throttled"),
             cfs_throttled_ns=stat.get("throttled_time"),
-            spec_cpu_period_us=_int(cpu / "cpu.cfs_period_us"),
+            spec_cpu_period_us=_limit_int(cpu / "cpu.cfs_period_us"),
             spec_cpu_quota_us=quota if quota is not None and quota > 0 else None,
-            spec_cpu_shares=_int(cpu / "cpu.shares"),
+            spec_cpu_shares=_limit_int(cpu / "cpu.shares"),
         )
     if (memory := host.controller_dir("memory", cgroup)) is not None:
-        stat = parse_flat_keyed(_text(memory / "memory.stat"))
+        stat = parse_flat_keyed(read_text(memory / "memory.stat"))
         reading = replace(
             reading,
             memory_cache=stat.get("total_cache"),
             memory_mapped_file=stat.get("total_mapped_file"),
-            memory_kernel=_int(memory / "memory.kmem.usage_in_bytes"),
-            memory_failcnt=_int(memory / "memory.failcnt"),
-            memory_max_usage=_int(memory / "memory.max_usage_in_bytes"),
-            spec_memory_limit=_limit(_int(memory / "memory.limit_in_bytes")),
+            memory_kernel=_limit_int(memory / "memory.kmem.usage_in_bytes"),
+            memory_failcnt=_limit_int(memory / "memory.failcnt"),
+            memory_max_usage=_limit_int(memory / "memory.max_usage_in_bytes"),
+            spec_memory_limit=_limit(_limit_int(memory / "memory.limit_in_bytes")),
             # Without swap accounting there is no memsw file and no swap limit can be set.
-            spec_memory_swap_limit=_limit(_int(memory / "memory.memsw.limit_in_bytes")) or 0,
-            spec_memory_reservation=_limit(_int(memory / "memory.soft_limit_in_bytes")),
+            spec_memory_swap_limit=_limit(_limit_int(memory / "memory.memsw.limit_in_bytes")) or 0,
+            spec_memory_reservation=_limit(_limit_int(memory / "memory.soft_limit_in_bytes")),
         )
     if (blkio := host.controller_dir("blkio", cgroup)) is not None:
         by_bytes = parse_blkio_v1(
-            _text(blkio / "blkio.throttle.io_service_bytes_recursive")
-            or _text(blkio / "blkio.throttle.io_service_bytes"))
+            read_text(blkio / "blkio.throttle.io_service_bytes_recursive")
+            or read_text(blkio / "blkio.throttle.io_service_bytes"))
         by_operations = parse_blkio_v1(
-            _text(blkio / "blkio.throttle.io_serviced_recursive")
-            or _text(blkio / "blkio.throttle.io_serviced"))
+            read_text(blkio / "blkio.throttle.io_serviced_recursive")
+            or read_text(blkio / "blkio.throttle.io_serviced"))
         reading = replace(reading, block_io=_block_devices(by_bytes, by_operations))
     if (hugetlb := host.controller_dir("hugetlb", cgroup)) is not None:
         reading = replace(reading, hugetlb=tuple(
-            HugetlbUsage(size, usage, _int(hugetlb / f"hugetlb.{size}.max_usage_in_bytes"))
+            HugetlbUsage(size, usage, _limit_int(hugetlb / f"hugetlb.{size}.max_usage_in_bytes"))
             for size in host.hugepage_sizes
-            if (usage := _int(hugetlb / f"hugetlb.{size}.usage_in_bytes")) is not None
+            if (usage := _limit_int(hugetlb / f"hugetlb.{size}.usage_in_bytes")) is not None
         ))
     return reading
 
@@ -262,16 +251,16 @@ def _v2(host: CgroupHost, cgroup: str, reading: CgroupAccounting) -> CgroupAccou
     directory = host.unified_dir(cgroup)
     if directory is None:
         return reading
-    stat = parse_flat_keyed(_text(directory / "cpu.stat"))
-    cpu_max = (_text(directory / "cpu.max") or "").split()
-    weight = _int(directory / "cpu.weight")
-    memory = parse_flat_keyed(_text(directory / "memory.stat"))
+    stat = parse_flat_keyed(read_text(directory / "cpu.stat"))
+    cpu_max = (read_text(directory / "cpu.max") or "").split()
+    weight = _limit_int(directory / "cpu.weight")
+    memory = parse_flat_keyed(read_text(directory / "memory.stat"))
     kernel = memory.get("kernel")
     if kernel is None and "slab" in memory:  # kernels before 5.18 split it up
         kernel = (memory["slab"] + memory.get("kernel_stack", 0)
                   + memory.get("pagetables", 0) + memory.get("sock", 0))
-    limit = _limit(_int(directory / "memory.max"))
-    swap = (_text(directory / "memory.swap.max") or "max").strip()
+    limit = _limit(_limit_int(directory / "memory.max"))
+    swap = read_text(directory / "memory.swap.max") or "max"
     return replace(
         reading,
         cpu_user_ns=_scaled(stat.get("user_usec"), NANOSECONDS_PER_MICROSECOND),
@@ -286,17 +275,17 @@ def _v2(host: CgroupHost, cgroup: str, reading: CgroupAccounting) -> CgroupAccou
         memory_cache=memory.get("file"),
         memory_mapped_file=memory.get("file_mapped"),
         memory_kernel=kernel,
-        memory_failcnt=parse_flat_keyed(_text(directory / "memory.events")).get("max"),
-        memory_max_usage=_int(directory / "memory.peak"),
+        memory_failcnt=parse_flat_keyed(read_text(directory / "memory.events")).get("max"),
+        memory_max_usage=_limit_int(directory / "memory.peak"),
         spec_memory_limit=limit,
         # CRI and cAdvisor's v1 value are memory plus swap; cgroup2 keeps swap on its own.
         spec_memory_swap_limit=0 if not limit or swap == "max" else limit + int(swap),
-        spec_memory_reservation=_limit(_int(directory / "memory.low")),
-        block_io=_block_devices(*parse_io_stat(_text(directory / "io.stat"))),
+        spec_memory_reservation=_limit(_limit_int(directory / "memory.low")),
+        block_io=_block_devices(*parse_io_stat(read_text(directory / "io.stat"))),
         hugetlb=tuple(
             HugetlbUsage(size, usage, None)  # cgroup2 records no hugetlb peak
             for size in host.hugepage_sizes
-            if (usage := _int(directory / f"hugetlb.{size}.current")) is not None
+            if (usage := _limit_int(directory / f"hugetlb.{size}.current")) is not None
         ),
     )
 
@@ -308,7 +297,7 @@ def _pressure(host: CgroupHost, cgroup: str) -> dict[str, Pressure]:
         return {}
     result: dict[str, Pressure] = {}
     for resource in PRESSURE_RESOURCES:
-        if (pressure := parse_pressure(_text(directory / f"{resource}.pressure"))) is not None:
+        if (pressure := parse_pressure(read_text(directory / f"{resource}.pressure"))) is not None:
             result[resource] = pressure
     return result
 
@@ -334,7 +323,7 @@ def read_accounting(host: CgroupHost, cgroup: str, init_pid: int = 0) -> CgroupA
         timestamp_ns=time.time_ns(),
         pressure=_pressure(host, cgroup),
         processes=process_totals(cgroup_pids(directory)),
-        threads_max=_int(pids_dir / "pids.max") if pids_dir is not None else None,
+        threads_max=_limit_int(pids_dir / "pids.max") if pids_dir is not None else None,
         open_files_soft_limit=open_files_soft_limit(init_pid) if init_pid > 0 else None,
     )
     return _v2(host, cgroup, reading) if host.is_unified else _v1(host, cgroup, reading)

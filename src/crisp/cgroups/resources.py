@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crisp.cgroups.files import read_text
 from crisp.cgroups.host import CgroupHost
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -243,15 +244,6 @@ def current_oom_score_adj(pid: int | str = "self") -> int:
 # Reading back -------------------------------------------------------------------------------
 
 
-def _read(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
 def _limit(text: str | None) -> int:
     """A limit file's value with "no limit" (max, -1, LONG_MAX) as CRI's 0."""
     if text is None or text == "max":
@@ -290,31 +282,31 @@ def read_resources(host: CgroupHost, cgroup: str, pid: int | None = None) -> Lin
             oom = 0  # the process exited; its cgroup limits are still worth reporting
     cpuset_dir = host.controller_dir("cpuset", cgroup)
     hugetlb_dir = host.controller_dir("hugetlb", cgroup)
-    cpus = _read(cpuset_dir / "cpuset.cpus" if cpuset_dir else None) or ""
-    mems = _read(cpuset_dir / "cpuset.mems" if cpuset_dir else None) or ""
+    cpus = read_text(cpuset_dir / "cpuset.cpus" if cpuset_dir else None) or ""
+    mems = read_text(cpuset_dir / "cpuset.mems" if cpuset_dir else None) or ""
     if host.is_unified:
         quota, period = 0, 0
-        if (cpu_max := _read(cpu_dir / "cpu.max" if cpu_dir else None)) is not None:
+        if (cpu_max := read_text(cpu_dir / "cpu.max" if cpu_dir else None)) is not None:
             quota_text, _, period_text = cpu_max.partition(" ")
             quota = _limit(quota_text)
             period = int(period_text) if period_text else 0
-        weight = _read(cpu_dir / "cpu.weight" if cpu_dir else None)
+        weight = read_text(cpu_dir / "cpu.weight" if cpu_dir else None)
         shares = weight_to_shares(int(weight)) if weight is not None else 0
-        limit = _limit(_read(memory_dir / "memory.max" if memory_dir else None))
-        swap_only = _read(memory_dir / "memory.swap.max" if memory_dir else None)
+        limit = _limit(read_text(memory_dir / "memory.max" if memory_dir else None))
+        swap_only = read_text(memory_dir / "memory.swap.max" if memory_dir else None)
         swap = limit + _limit(swap_only) if limit and swap_only not in (None, "max") else 0
         suffix = "max"
     else:
-        quota = _limit(_read(cpu_dir / "cpu.cfs_quota_us" if cpu_dir else None))
-        period = int(_read(cpu_dir / "cpu.cfs_period_us" if cpu_dir else None) or 0)
-        shares = int(_read(cpu_dir / "cpu.shares" if cpu_dir else None) or 0)
-        limit = _limit(_read(memory_dir / "memory.limit_in_bytes" if memory_dir else None))
-        swap = _limit(_read(memory_dir / "memory.memsw.limit_in_bytes" if memory_dir else None))
+        quota = _limit(read_text(cpu_dir / "cpu.cfs_quota_us" if cpu_dir else None))
+        period = int(read_text(cpu_dir / "cpu.cfs_period_us" if cpu_dir else None) or 0)
+        shares = int(read_text(cpu_dir / "cpu.shares" if cpu_dir else None) or 0)
+        limit = _limit(read_text(memory_dir / "memory.limit_in_bytes" if memory_dir else None))
+        swap = _limit(read_text(memory_dir / "memory.memsw.limit_in_bytes" if memory_dir else None))
         suffix = "limit_in_bytes"
     hugepages: list[HugepageLimit] = []
     if hugetlb_dir is not None:
         for size in host.hugepage_sizes:
-            value = _limit(_read(hugetlb_dir / f"hugetlb.{size}.{suffix}"))
+            value = _limit(read_text(hugetlb_dir / f"hugetlb.{size}.{suffix}"))
             if value:
                 hugepages.append(HugepageLimit(size, value))
     return LinuxResources(

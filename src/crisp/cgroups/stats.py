@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crisp.cgroups.files import read_int, read_text
 from crisp.cgroups.host import CgroupHost
 from crisp.errors import NotFound
 
@@ -45,25 +46,6 @@ class ContainerCgroupStats:
     oom_kills: int | None
 
 
-def _text(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text()
-    except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
-        return None
-
-
-def _int(path: Path | None) -> int | None:
-    text = _text(path)
-    if text is None:
-        return None
-    text = text.strip()
-    if text == "max":
-        return None
-    return int(text)
-
-
 def parse_flat_keyed(text: str | None) -> dict[str, int]:
     """Parse "key value" lines (memory.stat, cpu.stat, memory.events, memory.oom_control)."""
     result: dict[str, int] = {}
@@ -91,12 +73,12 @@ def _exists(host: CgroupHost, cgroup: str) -> bool:
 
 def _cpu_usage(host: CgroupHost, cgroup: str) -> int | None:
     if not host.is_unified and (cpuacct := host.controller_dir("cpuacct", cgroup)) is not None:
-        return _int(cpuacct / "cpuacct.usage")
+        return read_int(cpuacct / "cpuacct.usage")
     # cpu.stat's usage_usec is there in every cgroup2 cgroup, controller enabled or not.
     unified = host.unified_dir(cgroup)
     if unified is None:
         return None
-    usage_usec = parse_flat_keyed(_text(unified / "cpu.stat")).get("usage_usec")
+    usage_usec = parse_flat_keyed(read_text(unified / "cpu.stat")).get("usage_usec")
     return usage_usec * 1000 if usage_usec is not None else None
 
 
@@ -128,16 +110,16 @@ def _headroom(limit: int | None, used: int | None) -> int | None:
 
 
 def _memory_v1(directory: Path) -> _Memory:
-    stat = parse_flat_keyed(_text(directory / "memory.stat"))
-    usage = _int(directory / "memory.usage_in_bytes")
+    stat = parse_flat_keyed(read_text(directory / "memory.stat"))
+    usage = read_int(directory / "memory.usage_in_bytes")
     working_set = _working_set(usage, stat.get("total_inactive_file"))
-    limit = _finite(_int(directory / "memory.limit_in_bytes"))
-    memsw_limit = _finite(_int(directory / "memory.memsw.limit_in_bytes"))
+    limit = _finite(read_int(directory / "memory.limit_in_bytes"))
+    memsw_limit = _finite(read_int(directory / "memory.memsw.limit_in_bytes"))
     swap = stat.get("total_swap")
     swap_available = None
     if swap is not None and usage is not None:
         swap_available = _headroom(memsw_limit, usage + swap)
-    oom = parse_flat_keyed(_text(directory / "memory.oom_control"))
+    oom = parse_flat_keyed(read_text(directory / "memory.oom_control"))
     return _Memory(
         usage=usage,
         working_set=working_set,
@@ -152,13 +134,13 @@ def _memory_v1(directory: Path) -> _Memory:
 
 
 def _memory_v2(directory: Path) -> _Memory:
-    stat = parse_flat_keyed(_text(directory / "memory.stat"))
-    usage = _int(directory / "memory.current")
+    stat = parse_flat_keyed(read_text(directory / "memory.stat"))
+    usage = read_int(directory / "memory.current")
     working_set = _working_set(usage, stat.get("inactive_file"))
-    limit = _finite(_int(directory / "memory.max"))
-    swap = _int(directory / "memory.swap.current")
-    swap_limit = _finite(_int(directory / "memory.swap.max"))
-    events = parse_flat_keyed(_text(directory / "memory.events"))
+    limit = _finite(read_int(directory / "memory.max"))
+    swap = read_int(directory / "memory.swap.current")
+    swap_limit = _finite(read_int(directory / "memory.swap.max"))
+    events = parse_flat_keyed(read_text(directory / "memory.events"))
     return _Memory(
         usage=usage,
         working_set=working_set,
@@ -195,7 +177,7 @@ def _process_count(host: CgroupHost, cgroup: str) -> int | None:
         return None
     total = 0
     for procs in directory.rglob("cgroup.procs"):
-        total += len((_text(procs) or "").split())
+        total += len((read_text(procs) or "").split())
     return total
 
 
