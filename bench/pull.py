@@ -62,6 +62,8 @@ def shape_many_layers(base: ib.Layer) -> ib.Image:
     return ib.build_image(layers)
 
 
+SETTLE_SECONDS = 2.0
+
 SHAPES = {"large": shape_large, "small-files": shape_small_files,
           "many-layers": shape_many_layers}
 
@@ -159,6 +161,18 @@ def time_pull(socket: Path, reference: str) -> float:
         return elapsed
 
 
+def settle() -> None:
+    """Let the last round's removal finish before the next pull is timed.
+
+    containerd deletes a removed image's snapshots in the background; without a pause its
+    thousands of unlinks (and the dirty pages of either runtime) land in the other runtime's
+    measurement.
+    """
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+    os.sync()
+
+
 def unmount_under(directory: Path) -> None:
     with open("/proc/self/mountinfo") as mountinfo:
         points = [line.split()[4] for line in mountinfo]
@@ -195,7 +209,9 @@ def main() -> int:
                     for _ in range(args.repeat):
                         # alternate, so neither runtime always gets the warmer page cache
                         results[name]["containerd"].append(time_pull(ctr_socket, reference))
+                        settle()
                         results[name]["crisp"].append(time_pull(crisp_socket, reference))
+                        settle()
     finally:
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
