@@ -4,11 +4,11 @@
 Builds images of several shapes from busybox-static (one large layer; thousands of small
 files; many layers), serves them from a local docker-registry on 127.0.0.1, starts crisp and
 Debian's containerd each on its own temporary root and socket, and times PullImage (which
-downloads, verifies and unpacks) for each shape on each runtime, removing the image in
-between so every pull starts cold. Prints medians and the ratio crisp/containerd (below 1
+downloads, verifies and unpacks) for each shape on each runtime; each round pulls an image
+of its own, so every pull starts cold. Prints medians and the ratio crisp/containerd (below 1
 means crisp is faster). Needs root; cleans up after itself.
 
-    sudo python3 bench/pull.py [--repeat 3] [--shapes large,small-files,many-layers]
+    sudo python3 bench/pull.py [--repeat 5] [--shapes large,small-files,many-layers]
 """
 
 from __future__ import annotations
@@ -37,32 +37,34 @@ from tests.support import image_builder as ib  # noqa: E402
 from tests.support.registry import running_registry  # noqa: E402
 
 
-def shape_large(base: ib.Layer) -> ib.Image:
-    rng = random.Random(1)
+def shape_large(base: ib.Layer, round_: int) -> ib.Image:
+    rng = random.Random(round_)
     # half random (incompressible), half text-like (compressible), as real binaries are
     data = rng.randbytes(24 << 20) + b"".join(
         f"line {i} of a large, fairly compressible file\n".encode() for i in range(500_000))
     return ib.build_image([base, ib.make_layer(ib.LayerBuilder().file("large/blob", data))])
 
 
-def shape_small_files(base: ib.Layer) -> ib.Image:
+def shape_small_files(base: ib.Layer, round_: int) -> ib.Image:
     layer = ib.LayerBuilder()
     for d in range(100):
         layer.dir(f"many/{d:03}")
         for f in range(50):
-            layer.file(f"many/{d:03}/file{f:02}.txt", f"content of {d}/{f}\n" * (1 + f % 7))
+            layer.file(f"many/{d:03}/file{f:02}.txt",
+                       f"round {round_}: content of {d}/{f}\n" * (1 + f % 7))
     return ib.build_image([base, ib.make_layer(layer)])
 
 
-def shape_many_layers(base: ib.Layer) -> ib.Image:
+def shape_many_layers(base: ib.Layer, round_: int) -> ib.Image:
+    rng = random.Random(round_)
     layers = [base] + [
-        ib.make_layer(ib.LayerBuilder().file(f"layer{i}/data", os.urandom(64 << 10)))
+        ib.make_layer(ib.LayerBuilder().file(f"layer{i}/data", rng.randbytes(64 << 10)))
         for i in range(60)
     ]
     return ib.build_image(layers)
 
 
-SETTLE_SECONDS = 2.0
+SETTLE_SECONDS = 1.0
 
 SHAPES = {"large": shape_large, "small-files": shape_small_files,
           "many-layers": shape_many_layers}
@@ -152,25 +154,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def time_pull(socket: Path, reference: str) -> float:
     with grpc.insecure_channel(f"unix://{socket}") as channel:
         images = cri_pb2_grpc.ImageServiceStub(channel)
-        spec = cri_pb2.ImageSpec(image=reference)
         started = time.perf_counter()
-        pulled = images.PullImage(cri_pb2.PullImageRequest(image=spec), timeout=600)
-        elapsed = time.perf_counter() - started
-        images.RemoveImage(cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(
-            image=pulled.image_ref)), timeout=600)
-        return elapsed
+        images.PullImage(cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=reference)),
+                         timeout=600)
+        return time.perf_counter() - started
 
 
 def settle() -> None:
-    """Let the last round's removal finish before the next pull is timed.
-
-    containerd deletes a removed image's snapshots in the background; without a pause its
-    thousands of unlinks (and the dirty pages of either runtime) land in the other runtime's
-    measurement.
-    """
+    """Write back what the last pull left dirty, so it does not slow the next one down."""
     os.sync()
     time.sleep(SETTLE_SECONDS)
-    os.sync()
 
 
 def unmount_under(directory: Path) -> None:
@@ -182,7 +175,7 @@ def unmount_under(directory: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -191,34 +184,41 @@ def main() -> int:
     shapes = args.shapes.split(",")
     print("building images ...", flush=True)
     base = ib.make_layer(ib.busybox_rootfs())
-    built = {name: SHAPES[name](base) for name in shapes}
+    # One image per shape and round, with layers of their own (only the busybox base is
+    # shared, and both runtimes have it before timing starts): every timed pull downloads
+    # and unpacks everything, and no image is removed while the other runtime is timed.
+    built = {(name, r): SHAPES[name](base, r) for name in shapes for r in range(args.repeat)}
     work = Path(tempfile.mkdtemp(prefix="crisp-bench-"))
     results: dict[str, dict[str, list[float]]] = {}
     try:
         with running_registry(base_dir=None) as registry:
             pusher = ib.RegistryPusher(registry.url)
-            for name, image in built.items():
-                pusher.push(f"bench/{name}", "latest", image)
+            pusher.push("bench/base", "latest", ib.build_image([base]))
+            for (name, r), image in built.items():
+                pusher.push(f"bench/{name}", f"r{r}", image)
             (work / "containerd").mkdir()
             (work / "crisp").mkdir()
             with containerd(work / "containerd", registry.host) as ctr_socket, \
                     crisp(work / "crisp") as crisp_socket:
+                for socket in (ctr_socket, crisp_socket):
+                    time_pull(socket, f"{registry.host}/bench/base:latest")
+                settle()
                 for name in shapes:
-                    reference = f"{registry.host}/bench/{name}:latest"
                     results[name] = {"crisp": [], "containerd": []}
-                    for _ in range(args.repeat):
-                        # alternate, so neither runtime always gets the warmer page cache
-                        results[name]["containerd"].append(time_pull(ctr_socket, reference))
-                        settle()
-                        results[name]["crisp"].append(time_pull(crisp_socket, reference))
-                        settle()
+                    for r in range(args.repeat):
+                        reference = f"{registry.host}/bench/{name}:r{r}"
+                        # alternate who goes first, so neither always gets the warmer cache
+                        order = [("containerd", ctr_socket), ("crisp", crisp_socket)]
+                        for runtime, socket in order if r % 2 == 0 else order[::-1]:
+                            results[name][runtime].append(time_pull(socket, reference))
+                            settle()
     finally:
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'shape':<14}{'layers':>7}{'MB':>8}{'crisp s':>10}{'containerd s':>14}"
           f"{'crisp/containerd':>18}")
     for name in shapes:
-        image = built[name]
+        image = built[(name, 0)]
         size = sum(len(layer.data) for layer in image.layers) / 1e6
         ours = statistics.median(results[name]["crisp"])
         theirs = statistics.median(results[name]["containerd"])
