@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +42,10 @@ class BehaviorInterceptor(_ServerInterceptor):
             return handler._replace(stream_stream=self.wrap_stream(method, handler.stream_stream))
         return handler
 
+    @abc.abstractmethod
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         """``behavior`` with this interceptor's work around it (``method`` is /service/Rpc)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        raise NotImplementedError
+        """Likewise for a method that streams its responses."""
