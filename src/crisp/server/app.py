@@ -82,7 +82,7 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
     crisp_images_pb2_grpc.add_ImagesServicer_to_server(
         CrispImagesServicer(services.images), server
     )
-    server.add_insecure_port(f"unix://{socket_path}")
+    server.add_insecure_port(f"unix:{socket_path}")  # sun_path is then exactly socket_path
 
     previous_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
     try:
