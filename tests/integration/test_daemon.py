@@ -106,6 +106,10 @@ def test_socket_and_directory_permissions(crisp_daemon: CrispDaemon) -> None:
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o660
     assert stat.S_IMODE(os.stat(crisp_daemon.socket.parent).st_mode) == 0o700
+    # Tools that look for the daemon by its listening socket match the exact path.
+    listening = [line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+                 if len(line.split()) >= 8 and line.split()[5] == "01"]
+    assert str(crisp_daemon.socket) in listening
 
 
 def test_stale_socket_is_replaced(make_daemon: DaemonFactory) -> None:
