@@ -26,7 +26,6 @@ from crisp.config import ConfigError, LiveConfig
 from crisp.server.errors import ErrorInterceptor
 from crisp.server.images import CrispImagesServicer, ImageServicer
 from crisp.server.interceptors import BehaviorInterceptor
-from crisp.server.metrics import GrpcMetrics, MetricsInterceptor
 from crisp.server.runtime import RuntimeServicer
 from crisp.server.services import Services
 
@@ -65,6 +64,9 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
     interceptors: list[BehaviorInterceptor] = []
     metrics_config = live.current.metrics
     if metrics_config.enabled:
+        # prometheus_client costs several MiB of RSS: only daemons that serve metrics load it.
+        from crisp.server.metrics import GrpcMetrics, MetricsInterceptor
+
         metrics = GrpcMetrics()
         metrics.serve(metrics_config.address, metrics_config.port)
         interceptors.append(MetricsInterceptor(metrics))
