@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.errors import DeadlineExceeded, NotFound, RuntimeFailure
+from crisp.process import run_program
 
 NSENTER = "nsenter"
 READ_TIMEOUT_S = 10.0
@@ -75,23 +76,18 @@ async def interfaces_of_netns(netns_path: str) -> list[InterfaceStats]:
     """The interfaces in the network namespace pinned at ``netns_path`` (a bind mount)."""
     if not await asyncio.to_thread(Path(netns_path).exists):
         raise NotFound(f"network namespace {netns_path} does not exist")
-    process = await asyncio.create_subprocess_exec(
-        NSENTER, f"--net={netns_path}", "--", "cat", "/proc/net/dev",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), READ_TIMEOUT_S)
+        result = await run_program(
+            [NSENTER, f"--net={netns_path}", "--", "cat", "/proc/net/dev"],
+            time_limit=READ_TIMEOUT_S,
+        )
     except TimeoutError as error:
-        process.kill()
-        await process.wait()
         raise DeadlineExceeded(
             f"reading interfaces of {netns_path} took more than {READ_TIMEOUT_S}s"
         ) from error
-    if process.returncode != 0:
+    if result.returncode != 0:
         raise RuntimeFailure(
             f"nsenter --net={netns_path} cat /proc/net/dev failed "
-            f"(exit {process.returncode}): {stderr.decode(errors='replace').strip()}"
+            f"(exit {result.returncode}): {result.stderr.decode(errors='replace').strip()}"
         )
-    return parse_net_dev(stdout.decode())
+    return parse_net_dev(result.stdout.decode())

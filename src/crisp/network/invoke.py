@@ -7,8 +7,6 @@ person reading the pod's events can see what the plugin said.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.errors import DeadlineExceeded, FailedPrecondition, RuntimeFailure
+from crisp.process import run_program
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +105,17 @@ async def run_plugin(
     stdin = json.dumps(config).encode()
     what = f"CNI plugin {path.name} ({path}) {call.command} for network {network!r}"
     try:
-        process = await asyncio.create_subprocess_exec(
-            str(path),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=call.environment(bin_dirs),
-            cwd="/",
-        )
+        result = await run_program([str(path)], time_limit=time_limit, stdin=stdin,
+                                   env=call.environment(bin_dirs), cwd="/")
     except OSError as error:
         raise RuntimeFailure(f"{what}: could not start it: {error}") from error
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(stdin), time_limit)
     except TimeoutError:
-        await _kill(process)
         raise DeadlineExceeded(f"{what} did not finish within {time_limit:g}s and was killed") \
             from None
-    except BaseException:
-        await _kill(process)  # cancelled: leave no plugin running behind our back
-        raise
-    err_text = stderr.decode(errors="replace").strip()
-    if process.returncode != 0:
-        raise _plugin_error(what, process.returncode, stdout, err_text)
+    stdout = result.stdout
+    err_text = result.stderr.decode(errors="replace").strip()
+    if result.returncode != 0:
+        raise _plugin_error(what, result.returncode, stdout, err_text)
     if err_text:
         log.debug("%s wrote to stderr: %s", what, err_text[:_STDERR_LIMIT])
     if not stdout.strip():
@@ -142,13 +130,6 @@ async def run_plugin(
     if not isinstance(output, dict):
         raise RuntimeFailure(f"{what} succeeded but printed JSON that is not an object")
     return output
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    with contextlib.suppress(Exception):
-        await asyncio.shield(process.wait())
 
 
 def _plugin_error(what: str, returncode: int | None, stdout: bytes, stderr: str) -> PluginError:

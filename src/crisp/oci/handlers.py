@@ -3,7 +3,6 @@ each handler can do."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import platform
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.config import RuntimeHandler
+from crisp.process import run_program
 
 
 def resolve_binary(name: str) -> Path | None:
@@ -88,20 +88,14 @@ async def runtime_features(runtime_path: str) -> dict[str, Any]:
     key = str(binary)
     if key in _features_cache:
         return _features_cache[key]
-    process = await asyncio.create_subprocess_exec(
-        key, "features", stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        stdout, _ = await asyncio.wait_for(process.communicate(), FEATURES_TIMEOUT_S)
+        result = await run_program([key, "features"], time_limit=FEATURES_TIMEOUT_S)
     except TimeoutError:
-        process.kill()
-        await process.wait()
         return {}
     document: dict[str, Any] = {}
-    if process.returncode == 0:
+    if result.returncode == 0:
         try:
-            parsed = json.loads(stdout)
+            parsed = json.loads(result.stdout)
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):

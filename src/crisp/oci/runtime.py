@@ -5,7 +5,6 @@ Every call is a subprocess; its stderr becomes the message of the error a client
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.errors import RuntimeFailure
+from crisp.process import Completed, run_program
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,6 @@ class RuntimeState:
     bundle: str
 
 
-@dataclass(frozen=True)
-class CompletedCall:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-
 class OCIRuntime:
     """One OCI runtime binary with its own state root."""
 
@@ -45,23 +38,14 @@ class OCIRuntime:
     def base_args(self) -> list[str]:
         return [self.path, "--root", str(self.root)]
 
-    async def _call(self, *args: str, seconds: float = 60.0) -> CompletedCall:
-        process = await asyncio.create_subprocess_exec(
-            *self.base_args(), *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+    async def _call(self, *args: str, seconds: float = 60.0, stdin: bytes | None = None
+                    ) -> Completed:
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), seconds)
+            return await run_program([*self.base_args(), *args], time_limit=seconds, stdin=stdin)
         except TimeoutError:
-            process.kill()
-            await process.wait()
             raise RuntimeFailure(
                 f"{self.path} {' '.join(args)} did not finish in {seconds:.0f}s"
             ) from None
-        assert process.returncode is not None
-        return CompletedCall(process.returncode, stdout, stderr)
 
     async def _checked(self, *args: str) -> bytes:
         result = await self._call(*args)
@@ -117,14 +101,12 @@ class OCIRuntime:
 
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """Change the cgroup limits of a created or running container."""
-        process = await asyncio.create_subprocess_exec(
-            *self.base_args(), "update", "--resources", "-", container_id,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await process.communicate(json.dumps(resources).encode())
-        if process.returncode != 0:
-            raise RuntimeFailure(f"{Path(self.path).name} update failed: {_message(stderr)}")
+        result = await self._call("update", "--resources", "-", container_id,
+                                  stdin=json.dumps(resources).encode())
+        if result.returncode != 0:
+            raise RuntimeFailure(
+                f"{Path(self.path).name} update failed: {_message(result.stderr)}"
+            )
 
     def exec_args(self, container_id: str, process_file: Path, pid_file: Path) -> list[str]:
         """The command line that runs the process described by ``process_file`` in the container."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from crisp.errors import RuntimeFailure
 from crisp.pods.host import unmount
+from crisp.process import run_program
 
 NAMESPACE_KINDS = ("net", "ipc", "uts")
 _UNSHARE_FLAG = {"net": "--net", "ipc": "--ipc", "uts": "--uts"}
@@ -39,16 +40,12 @@ async def create_namespaces(directory: Path, kinds: list[str], hostname: str) ->
         args += [shutil.which("hostname") or "hostname", hostname]
     else:
         args += [shutil.which("true") or "true"]
-    process = await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
+    result = await run_program(args, time_limit=None)
+    if result.returncode != 0:
         await release_namespaces(directory)
         raise RuntimeFailure(
             f"creating the pod's namespaces ({', '.join(kinds)}) failed: "
-            f"{stderr.decode(errors='replace').strip()}"
+            f"{result.stderr.decode(errors='replace').strip()}"
         )
     return PinnedNamespaces({kind: str(path) for kind, path in paths.items()})
 
