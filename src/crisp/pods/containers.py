@@ -142,7 +142,8 @@ class ContainerManager:
             ))
             log_path = _log_path(sandbox, config)
             conmon_log = log_path or str(files.bundle / OUTPUT_LOG)
-            await asyncio.to_thread(_write_bundle, files.bundle, spec, Path(conmon_log))
+            await asyncio.to_thread(_write_bundle, files.bundle, spec, log_path,
+                                    sandbox.config.log_directory)
             await ctx.journal.advance(operation, "monitor")
             created = await backend.conmon.create(files, MonitorOptions(
                 name=unique, log_path=conmon_log, tty=config.tty, stdin=config.stdin,
@@ -502,24 +503,40 @@ def _validate(config: ContainerConfig) -> None:
 
 
 def _log_path(sandbox: Sandbox, config: ContainerConfig) -> str:
-    if not config.log_path:
+    """The container's CRI log file: always beneath the pod's log_directory.
+
+    An absolute log_path is joined beneath the directory too (as containerd's path join
+    does), so no request can make conmon write a host file elsewhere.
+    """
+    requested = config.log_path
+    if not requested:
         return ""
-    if ".." in Path(config.log_path).parts:
-        raise InvalidArgument(f"log_path {config.log_path!r} must not contain '..'")
     directory = sandbox.config.log_directory
     if not directory:
-        if not posixpath.isabs(config.log_path):
-            raise InvalidArgument(
-                f"log_path {config.log_path!r} is relative but the pod has no log_directory"
-            )
-        return config.log_path
-    return posixpath.join(directory, config.log_path)
+        raise InvalidArgument(
+            f"log_path {requested!r} needs the pod's log_directory, and the pod has none"
+        )
+    if "\0" in requested or ".." in Path(requested).parts:
+        raise InvalidArgument(f"log_path {requested!r} must not hold '..' or NUL")
+    return posixpath.join(directory, requested.lstrip("/"))
 
 
-def _write_bundle(bundle: Path, spec: dict[str, Any], log_path: Path) -> None:
+def _prepare_log(log_path: Path, log_directory: str) -> None:
+    """Create the log's directories, refusing a path that a symlink leads out of the pod's."""
+    inside = Path(os.path.realpath(log_directory))
+    if not Path(os.path.realpath(log_path)).is_relative_to(inside):
+        raise InvalidArgument(
+            f"log path {str(log_path)!r} leads outside the pod's log_directory "
+            f"{log_directory!r} through a symbolic link"
+        )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _write_bundle(bundle: Path, spec: dict[str, Any], log_path: str, log_directory: str) -> None:
     bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(bundle / "config.json", json.dumps(spec, indent=1).encode(), mode=0o600)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if log_path:
+        _prepare_log(Path(log_path), log_directory)
 
 
 def _remove_files(bundle: Path, exit_file: Path, socket_link: Path) -> None:

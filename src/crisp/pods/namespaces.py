@@ -37,7 +37,8 @@ async def create_namespaces(directory: Path, kinds: list[str], hostname: str) ->
     unshare = shutil.which("unshare") or "unshare"
     args = [unshare, *(f"{_UNSHARE_FLAG[kind]}={paths[kind]}" for kind in kinds), "--"]
     if "uts" in kinds and hostname:
-        args += [shutil.which("hostname") or "hostname", hostname]
+        # "--": the name can never be read as an option, whatever validation let through.
+        args += [shutil.which("hostname") or "hostname", "--", hostname]
     else:
         args += [shutil.which("true") or "true"]
     result = await run_program(args, time_limit=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import socket
 import time
@@ -90,9 +91,7 @@ class SandboxManager:
                 kinds += ["net", "uts"]
             if options.ipc != NamespaceMode.NODE:
                 kinds.append("ipc")
-            hostname = config.hostname
-            if not hostname and options.network != NamespaceMode.NODE:
-                hostname = config.metadata.name[:HOSTNAME_LIMIT]
+            hostname = pod_hostname(config)
             sandbox.config = replace(config, hostname=hostname)
             pinned = await create_namespaces(ctx.layout.namespace_dir(sandbox.id), kinds,
                                              hostname)
@@ -262,10 +261,36 @@ def _validate(config: SandboxConfig) -> None:
         raise InvalidArgument("a pod's IPC namespace mode must be POD or NODE")
     if config.namespaces.pid == NamespaceMode.TARGET:
         raise InvalidArgument("a pod's PID namespace mode cannot be TARGET (only a container's)")
-    if len(config.hostname) > HOSTNAME_LIMIT or any(c.isspace() for c in config.hostname):
-        raise InvalidArgument(f"hostname {config.hostname!r} is not a valid host name")
-    if config.log_directory and not config.log_directory.startswith("/"):
-        raise InvalidArgument(f"log_directory {config.log_directory!r} must be absolute")
+    pod_hostname(config)
+    if config.log_directory and (not config.log_directory.startswith("/")
+                                 or "\0" in config.log_directory):
+        raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
+
+
+def pod_hostname(config: SandboxConfig) -> str:
+    """The UTS hostname of a pod: its own, or else its name; refused unless RFC 1123.
+
+    The name reaches ``hostname(1)`` and /etc/hostname, so nothing else may pass.
+    """
+    if config.hostname or config.namespaces.network == NamespaceMode.NODE:
+        return _check_hostname(config.hostname, "hostname") if config.hostname else ""
+    fallback = config.metadata.name[:_LABEL_LIMIT].rstrip("-.")
+    return _check_hostname(fallback, "hostname (from the pod name, since none is set)")
+
+
+_LABEL_LIMIT = 63
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _check_hostname(hostname: str, what: str) -> str:
+    labels = hostname.split(".")
+    if len(hostname) > HOSTNAME_LIMIT or not all(map(_HOSTNAME_LABEL.fullmatch, labels)):
+        raise InvalidArgument(
+            f"{what} {hostname!r} is not a valid RFC 1123 host name: at most {HOSTNAME_LIMIT} "
+            "characters, dot-separated labels of letters, digits and '-' that start and end "
+            "with a letter or digit"
+        )
+    return hostname
 
 
 def _host_hostname() -> str:
