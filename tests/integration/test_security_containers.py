@@ -16,7 +16,6 @@ import grpc
 import pytest
 
 from crisp.api import cri_pb2
-from crisp.oci.users import RUN_AS_NON_ROOT_ANNOTATION
 from tests.support.image_builder import ImageConfig, busybox_image, push_image
 from tests.support.pods import PodsEnv, pods_environment
 
@@ -344,17 +343,11 @@ def test_sysctls_the_pod_does_not_own_are_refused(env: PodsEnv, key: str, networ
 # RunAsNonRoot, user namespaces --------------------------------------------------------------
 
 
-def test_run_as_non_root_is_checked_against_the_image_user(env: PodsEnv, pod: str,
-                                                           nonroot_image: str) -> None:
-    annotations = {RUN_AS_NON_ROOT_ANNOTATION: "true"}
-    error = refused(env, pod, env.container_config("root-image", ["true"],
-                                                   annotations=annotations))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "uid 0" in str(error.details()) and "non-root" in str(error.details())
-    code, lines = run(env, pod, "uid-image", "id -u", image=nonroot_image,
-                      annotations=annotations)
+def test_image_user_runs_and_is_reported_for_the_kubelets_run_as_non_root_check(
+        env: PodsEnv, pod: str, nonroot_image: str) -> None:
+    code, lines = run(env, pod, "uid-image", "id -u", image=nonroot_image)
     assert (code, lines) == (0, ["1000"])
-    # The kubelet makes its own check from ImageStatus: the uid must be there.
+    # The kubelet checks RunAsNonRoot itself from ImageStatus: the uid must be there.
     status = env.daemon.images.ImageStatus(cri_pb2.ImageStatusRequest(
         image=cri_pb2.ImageSpec(image=nonroot_image)))
     assert status.image.uid.value == 1000

@@ -35,7 +35,6 @@ from crisp.oci.security import (
     validate_sysctls,
 )
 from crisp.oci.spec import PodPaths, SpecInputs, build_spec
-from crisp.oci.users import RUN_AS_NON_ROOT_ANNOTATION, check_run_as_non_root
 from crisp.pods.model import (
     ContainerConfig,
     ContainerMetadata,
@@ -351,19 +350,6 @@ def test_spec_of_a_privileged_container() -> None:
     bare = _spec(SecurityContext(privileged=True), SecurityPlan())["linux"]
     assert bare["devices"] == []
     assert bare["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
-
-
-# RunAsNonRoot -------------------------------------------------------------------------------
-
-
-def test_run_as_non_root() -> None:
-    asks = ContainerConfig(metadata=ContainerMetadata(name="c"), image="busybox",
-                           annotations={RUN_AS_NON_ROOT_ANNOTATION: "true"})
-    with pytest.raises(FailedPrecondition, match="uid 0"):
-        check_run_as_non_root(asks, IMAGE, ProcessUser(0, 0))
-    check_run_as_non_root(asks, IMAGE, ProcessUser(1000, 0))
-    plain = ContainerConfig(metadata=ContainerMetadata(name="c"), image="busybox")
-    check_run_as_non_root(plain, IMAGE, ProcessUser(0, 0))
 
 
 async def test_idmap_support_is_read_from_runtime_features(tmp_path: Path) -> None:

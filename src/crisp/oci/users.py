@@ -9,14 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from crisp.errors import FailedPrecondition, InvalidArgument
-from crisp.pods.model import ContainerConfig, ImageRuntimeConfig, ProcessUser, SecurityContext
-
-RUN_AS_NON_ROOT_ANNOTATION = "crisp.io/run-as-non-root"
-"""Container annotation ("true") asking crisp to refuse a container that would run as root.
-
-CRI carries no runAsNonRoot: the kubelet checks it itself against ImageStatus's uid. This
-lets a client without the kubelet's check (crictl, tests) ask crisp to make the same one."""
+from crisp.errors import InvalidArgument
+from crisp.pods.model import ProcessUser, SecurityContext
 
 
 @dataclass(frozen=True)
@@ -140,21 +134,3 @@ def _lookup_group(groups: list[GroupEntry], group: str) -> int:
         f"group {group!r} is not in the image's /etc/group; use a numeric gid or add the group"
     )
 
-
-def check_run_as_non_root(config: ContainerConfig, image: ImageRuntimeConfig,
-                          user: ProcessUser) -> None:
-    """FailedPrecondition if the container asks to run as non-root and would run as uid 0.
-
-    The uid is the resolved one, so a named image user is judged by the image's /etc/passwd.
-    """
-    if config.annotations.get(RUN_AS_NON_ROOT_ANNOTATION, "").lower() != "true":
-        return
-    if user.uid == 0:
-        source = ("run_as_user" if config.security.run_as_user is not None
-                  or config.security.run_as_username
-                  else f"image {image.reference!r} user {image.user or 'unset (root)'!r}")
-        raise FailedPrecondition(
-            f"container {config.metadata.name!r} must run as non-root but would run as uid 0 "
-            f"(from {source}); set run_as_user to a non-zero uid or use an image with a "
-            "non-root USER"
-        )

@@ -26,7 +26,7 @@ from crisp.oci.backend import RuntimeBackend
 from crisp.oci.conmon import MonitorOptions, read_exit_code
 from crisp.oci.security import plan_security
 from crisp.oci.spec import PodPaths, SpecInputs, build_spec, linux_resources
-from crisp.oci.users import check_run_as_non_root, resolve_user
+from crisp.oci.users import resolve_user
 from crisp.pods.context import PodContext
 from crisp.pods.events import EventKind, LifecycleEvent
 from crisp.pods.exits import ExitWatcher
@@ -118,7 +118,6 @@ class ContainerManager:
             failpoint("container.create.rootfs")
             user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
                                            config.security)
-            check_run_as_non_root(config, image, user)
             security = await plan_security(
                 config.security, sandbox_privileged=sandbox.config.privileged,
                 without_host_devices=_without_host_devices(ctx, sandbox.runtime_handler),
