@@ -8,6 +8,18 @@ from pathlib import Path
 import pytest
 
 from crisp.errors import FailedPrecondition, InvalidArgument
+from crisp.oci.model import (
+    ContainerRequest,
+    DeviceRequest,
+    ImageDefaults,
+    NamespaceMode,
+    ProcessUser,
+    ProfileKind,
+    SecurityProfile,
+    SecurityRequest,
+    SELinuxOptions,
+    UserNamespace,
+)
 from crisp.oci.seccomp import SeccompKind
 from crisp.oci.security import (
     ALL_CAPABILITIES,
@@ -35,27 +47,13 @@ from crisp.oci.security import (
     validate_sysctls,
 )
 from crisp.oci.spec import PodPaths, SpecInputs, build_spec
-from crisp.pods.model import (
-    ContainerConfig,
-    ContainerMetadata,
-    Device,
-    ImageRuntimeConfig,
-    NamespaceMode,
-    NamespaceOptions,
-    ProcessUser,
-    ProfileKind,
-    SecurityContext,
-    SecurityProfile,
-    SELinuxOptions,
-    UserNamespace,
-)
 
 NO_LSM = HostSecurity(max_user_namespaces=100)
 APPARMOR = HostSecurity(apparmor=True,
                         apparmor_profiles=frozenset({"mine", APPARMOR_DEFAULT_PROFILE}))
 SELINUX = HostSecurity(selinux=True,
                        selinux_default_process_label="system_u:system_r:container_t:s0")
-IMAGE = ImageRuntimeConfig(id="sha256:abc", reference="busybox", cmd=["sh"])
+IMAGE = ImageDefaults(reference="busybox", cmd=["sh"])
 
 
 # Capabilities -------------------------------------------------------------------------------
@@ -117,15 +115,15 @@ def test_capability_masks_and_own_set() -> None:
 
 
 def test_default_masked_and_readonly_paths() -> None:
-    masked, readonly = masked_and_readonly_paths(SecurityContext())
+    masked, readonly = masked_and_readonly_paths(SecurityRequest())
     assert masked == DEFAULT_MASKED_PATHS and "/proc/kcore" in masked
     assert readonly == DEFAULT_READONLY_PATHS and "/proc/sys" in readonly
 
 
 def test_cri_lists_override_and_privileged_clears_them() -> None:
-    own = SecurityContext(masked_paths=["/proc/x"], readonly_paths=["/proc/y"])
+    own = SecurityRequest(masked_paths=["/proc/x"], readonly_paths=["/proc/y"])
     assert masked_and_readonly_paths(own) == (["/proc/x"], ["/proc/y"])
-    assert masked_and_readonly_paths(SecurityContext(privileged=True,
+    assert masked_and_readonly_paths(SecurityRequest(privileged=True,
                                                      masked_paths=["/proc/x"])) == ([], [])
 
 
@@ -269,12 +267,12 @@ def test_host_devices_lists_dev_but_not_the_containers_own_mounts() -> None:
 
 async def test_privileged_container_needs_a_privileged_pod() -> None:
     with pytest.raises(FailedPrecondition, match="privileged pod sandbox"):
-        await plan_security(SecurityContext(privileged=True), sandbox_privileged=False,
+        await plan_security(SecurityRequest(privileged=True), sandbox_privileged=False,
                             without_host_devices=False, host=NO_LSM)
 
 
 async def test_privileged_plan_has_host_devices_and_no_seccomp() -> None:
-    security = SecurityContext(privileged=True,
+    security = SecurityRequest(privileged=True,
                                seccomp=SecurityProfile(ProfileKind.RUNTIME_DEFAULT))
     plan = await plan_security(security, sandbox_privileged=True,
                                without_host_devices=False, host=NO_LSM)
@@ -286,23 +284,22 @@ async def test_privileged_plan_has_host_devices_and_no_seccomp() -> None:
 
 
 async def test_seccomp_requests() -> None:
-    assert seccomp_request(SecurityContext()) == (SeccompKind.UNCONFINED, "")
-    assert seccomp_request(SecurityContext(seccomp_profile_path="docker/default")) == (
+    assert seccomp_request(SecurityRequest()) == (SeccompKind.UNCONFINED, "")
+    assert seccomp_request(SecurityRequest(seccomp_profile_path="docker/default")) == (
         SeccompKind.RUNTIME_DEFAULT, "")
-    assert seccomp_request(SecurityContext(
+    assert seccomp_request(SecurityRequest(
         seccomp=SecurityProfile(ProfileKind.LOCALHOST, "localhost//p.json"))) == (
         SeccompKind.LOCALHOST, "/p.json")
     with pytest.raises(InvalidArgument, match="localhost_ref"):
-        seccomp_request(SecurityContext(seccomp=SecurityProfile(ProfileKind.LOCALHOST)))
+        seccomp_request(SecurityRequest(seccomp=SecurityProfile(ProfileKind.LOCALHOST)))
     plan = await plan_security(
-        SecurityContext(seccomp=SecurityProfile(ProfileKind.RUNTIME_DEFAULT)),
+        SecurityRequest(seccomp=SecurityProfile(ProfileKind.RUNTIME_DEFAULT)),
         sandbox_privileged=False, without_host_devices=False, host=NO_LSM)
     assert plan.seccomp is not None and plan.seccomp["defaultAction"] == "SCMP_ACT_ERRNO"
 
 
 async def test_container_user_namespace_is_refused_with_the_reason() -> None:
-    security = SecurityContext(namespaces=NamespaceOptions(
-        userns=UserNamespace(mode=NamespaceMode.POD)))
+    security = SecurityRequest(userns=UserNamespace(mode=NamespaceMode.POD))
     with pytest.raises(FailedPrecondition, match="idmapped"):
         await plan_security(security, sandbox_privileged=False, without_host_devices=False,
                             host=NO_LSM)
@@ -311,17 +308,16 @@ async def test_container_user_namespace_is_refused_with_the_reason() -> None:
 # The spec -----------------------------------------------------------------------------------
 
 
-def _spec(security: SecurityContext, plan: SecurityPlan,
-          devices: list[Device] | None = None) -> dict:  # type: ignore[type-arg]
-    config = ContainerConfig(metadata=ContainerMetadata(name="c"), image="busybox",
-                             security=security, devices=devices or [])
+def _spec(security: SecurityRequest, plan: SecurityPlan,
+          devices: list[DeviceRequest] | None = None) -> dict:  # type: ignore[type-arg]
+    config = ContainerRequest(name="c", security=security, devices=devices or [])
     return build_spec(SpecInputs(config=config, image=IMAGE, rootfs="/rootfs",
                                  user=ProcessUser(0, 0), pod=PodPaths(network_ns="/ns/net"),
                                  cgroups_path="/crisp/c", security=plan))
 
 
 def test_spec_takes_capabilities_seccomp_and_labels() -> None:
-    spec = _spec(SecurityContext(drop_capabilities=["ALL"], add_capabilities=["KILL"],
+    spec = _spec(SecurityRequest(drop_capabilities=["ALL"], add_capabilities=["KILL"],
                                  no_new_privs=True, readonly_rootfs=True),
                  SecurityPlan(seccomp={"defaultAction": "SCMP_ACT_ERRNO"},
                               apparmor_profile="mine", selinux_label="a:b:c:d"))
@@ -339,15 +335,15 @@ def test_spec_of_a_privileged_container() -> None:
              "uid": 0, "gid": 0},
             {"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 0o644,
              "uid": 0, "gid": 0}]
-    spec = _spec(SecurityContext(privileged=True),
+    spec = _spec(SecurityRequest(privileged=True),
                  SecurityPlan(host_devices=host, all_devices_allowed=True),
-                 devices=[Device("/dev/null", "/dev/null", "r")])
+                 devices=[DeviceRequest("/dev/null", "/dev/null", "r")])
     linux = spec["linux"]
     assert [d["path"] for d in linux["devices"]] == ["/dev/null", "/dev/kmsg"]
     assert linux["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     assert linux["maskedPaths"] == [] and linux["readonlyPaths"] == []
     assert "seccomp" not in linux
-    bare = _spec(SecurityContext(privileged=True), SecurityPlan())["linux"]
+    bare = _spec(SecurityRequest(privileged=True), SecurityPlan())["linux"]
     assert bare["devices"] == []
     assert bare["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from crisp.cgroups import LinuxResources
 from crisp.errors import InvalidArgument
+from crisp.oci.model import (
+    BindMount,
+    ContainerRequest,
+    DeviceRequest,
+    ImageDefaults,
+    NamespaceMode,
+    ProcessUser,
+    Propagation,
+    SecurityRequest,
+)
 from crisp.oci.spec import (
     DEFAULT_CAPABILITIES,
     DEFAULT_PATH,
@@ -14,33 +25,19 @@ from crisp.oci.spec import (
     merge_env,
     process_args,
 )
-from crisp.pods.model import (
-    ContainerConfig,
-    ContainerMetadata,
-    Device,
-    ImageRuntimeConfig,
-    Mount,
-    NamespaceMode,
-    ProcessUser,
-    Propagation,
-    Resources,
-    SecurityContext,
-)
 
-IMAGE = ImageRuntimeConfig(id="sha256:abc", reference="busybox", entrypoint=["/entry"],
-                           cmd=["default", "args"], env=["PATH=/image/bin", "A=image"],
-                           working_dir="/work")
+IMAGE = ImageDefaults(reference="busybox", entrypoint=["/entry"], cmd=["default", "args"],
+                      env=["PATH=/image/bin", "A=image"], working_dir="/work")
 POD = PodPaths(network_ns="/run/ns/net", ipc_ns="/run/ns/ipc", uts_ns="/run/ns/uts",
                hostname_file="/pod/hostname", hosts_file="/pod/hosts",
                resolv_conf="/pod/resolv.conf", shm="/pod/shm", hostname="web")
 
 
-def config(**fields: object) -> ContainerConfig:
-    return ContainerConfig(metadata=ContainerMetadata(name="c"), image="busybox",
-                           **fields)  # type: ignore[arg-type]
+def config(**fields: object) -> ContainerRequest:
+    return ContainerRequest(name="c", **fields)  # type: ignore[arg-type]
 
 
-def spec_of(cfg: ContainerConfig, pod: PodPaths = POD, floor: int = -1000) -> dict:  # type: ignore[type-arg]
+def spec_of(cfg: ContainerRequest, pod: PodPaths = POD, floor: int = -1000) -> dict:  # type: ignore[type-arg]
     return build_spec(SpecInputs(config=cfg, image=IMAGE, rootfs="/rootfs",
                                  user=ProcessUser(1, 2, [3]), pod=pod,
                                  cgroups_path="/crisp/crisp-c", min_oom_score_adj=floor))
@@ -58,7 +55,7 @@ def test_command_and_args_follow_the_kubelet_rules(command: list[str], args: lis
 
 
 def test_no_command_anywhere_is_invalid() -> None:
-    empty = ImageRuntimeConfig(id="x", reference="scratch")
+    empty = ImageDefaults(reference="scratch")
     with pytest.raises(InvalidArgument, match="scratch"):
         process_args(config(), empty)
 
@@ -72,14 +69,15 @@ def test_env_config_overrides_image_and_keeps_order() -> None:
 
 
 def test_process_user_cwd_terminal_and_oom_score_clamp() -> None:
-    spec = spec_of(config(tty=True, resources=Resources(oom_score_adj=-998)), floor=-500)
+    spec = spec_of(config(tty=True, resources=LinuxResources(oom_score_adj=-998)), floor=-500)
     process = spec["process"]
     assert process["user"] == {"uid": 1, "gid": 2, "additionalGids": [3]}
     assert process["cwd"] == "/work"
     assert process["terminal"] is True
     assert process["oomScoreAdj"] == -500
     assert "HOSTNAME=web" in process["env"]
-    assert spec_of(config(resources=Resources(oom_score_adj=500)))["process"]["oomScoreAdj"] == 500
+    raised = spec_of(config(resources=LinuxResources(oom_score_adj=500)))
+    assert raised["process"]["oomScoreAdj"] == 500
     with pytest.raises(InvalidArgument, match="absolute"):
         spec_of(config(working_dir="relative"))
 
@@ -105,9 +103,9 @@ def test_host_network_containers_bind_sysfs() -> None:
 
 
 def test_pod_files_and_mounts_with_propagation() -> None:
-    mounts = [Mount("/data/sub", "/host/sub"), Mount("/data", "/host", readonly=True),
-              Mount("/shared", "/s", propagation=Propagation.BIDIRECTIONAL),
-              Mount("/etc/hosts", "/custom/hosts")]
+    mounts = [BindMount("/data/sub", "/host/sub"), BindMount("/data", "/host", readonly=True),
+              BindMount("/shared", "/s", propagation=Propagation.BIDIRECTIONAL),
+              BindMount("/etc/hosts", "/custom/hosts")]
     spec = spec_of(config(mounts=mounts))
     by_destination = {m["destination"]: m for m in spec["mounts"]}
     assert by_destination["/etc/hostname"]["source"] == "/pod/hostname"
@@ -121,35 +119,35 @@ def test_pod_files_and_mounts_with_propagation() -> None:
     order = [m["destination"] for m in spec["mounts"]]
     assert order.index("/data") < order.index("/data/sub")
     with pytest.raises(InvalidArgument):
-        spec_of(config(mounts=[Mount("relative", "/x")]))
+        spec_of(config(mounts=[BindMount("relative", "/x")]))
 
 
 def test_devices_are_added_and_allowed() -> None:
-    spec = spec_of(config(devices=[Device("/dev/mine", "/dev/null", "rw")]))
+    spec = spec_of(config(devices=[DeviceRequest("/dev/mine", "/dev/null", "rw")]))
     (device,) = spec["linux"]["devices"]
     assert (device["path"], device["type"], device["major"], device["minor"]) == (
         "/dev/mine", "c", 1, 3)
     assert spec["linux"]["resources"]["devices"][-1] == {
         "allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"}
     with pytest.raises(InvalidArgument):
-        spec_of(config(devices=[Device("/dev/x", "/etc/passwd")]))
+        spec_of(config(devices=[DeviceRequest("/dev/x", "/etc/passwd")]))
     with pytest.raises(InvalidArgument):
-        spec_of(config(devices=[Device("/dev/x", "/dev/null", "rwx")]))
+        spec_of(config(devices=[DeviceRequest("/dev/x", "/dev/null", "rwx")]))
 
 
 def test_capabilities_and_privileged() -> None:
-    caps = spec_of(config(security=SecurityContext(add_capabilities=["NET_ADMIN"],
+    caps = spec_of(config(security=SecurityRequest(add_capabilities=["NET_ADMIN"],
                                                    drop_capabilities=["KILL"])))
     bounding = caps["process"]["capabilities"]["bounding"]
     assert "CAP_NET_ADMIN" in bounding and "CAP_KILL" not in bounding
     assert set(DEFAULT_CAPABILITIES) - {"CAP_KILL"} <= set(bounding)
-    privileged = spec_of(config(security=SecurityContext(privileged=True)))
+    privileged = spec_of(config(security=SecurityRequest(privileged=True)))
     assert "CAP_SYS_ADMIN" in privileged["process"]["capabilities"]["bounding"]
     assert privileged["linux"]["maskedPaths"] == []
 
 
 def test_resources_and_cgroups_path() -> None:
-    spec = spec_of(config(resources=Resources(cpu_shares=512, cpu_quota=50000,
+    spec = spec_of(config(resources=LinuxResources(cpu_shares=512, cpu_quota=50000,
                                               cpu_period=100000,
                                               memory_limit_in_bytes=1 << 26)))
     resources = spec["linux"]["resources"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from crisp.errors import InvalidArgument
+from crisp.oci.model import ProcessUser, UserRequest
 from crisp.oci.users import parse_group, parse_passwd, resolve_user, resolve_user_from
-from crisp.pods.model import ProcessUser, SecurityContext
 
 PASSWD = parse_passwd("root:x:0:0:root:/root:/bin/sh\n"
                       "# comment\n"
@@ -20,7 +20,7 @@ GROUP = parse_group("root:x:0:\napp:x:1000:\nwheel:x:10:app,root\naudio:x:29:app
 
 def resolve(image_user: str = "", **security: object) -> ProcessUser:
     return resolve_user_from(PASSWD, GROUP, image_user,
-                             SecurityContext(**security))  # type: ignore[arg-type]
+                             UserRequest(**security))  # type: ignore[arg-type]
 
 
 def test_default_is_root_with_its_groups() -> None:
@@ -57,7 +57,7 @@ def test_reads_the_rootfs_files_and_ignores_escaping_symlinks(tmp_path: Path) ->
     etc.mkdir()
     (etc / "passwd").write_text("app:x:1000:1000::/:/bin/sh\n")
     (etc / "group").symlink_to("/etc/group")
-    assert resolve_user(tmp_path, "app", SecurityContext()) == ProcessUser(1000, 1000, [])
+    assert resolve_user(tmp_path, "app", UserRequest()) == ProcessUser(1000, 1000, [])
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert resolve_user(empty, "", SecurityContext()) == ProcessUser(0, 0, [])
+    assert resolve_user(empty, "", UserRequest()) == ProcessUser(0, 0, [])

@@ -20,15 +20,15 @@ from typing import Any
 
 from crisp.errors import FailedPrecondition, InvalidArgument
 from crisp.oci.handlers import runtime_features
-from crisp.oci.seccomp import SeccompKind, parse_legacy_profile_path, seccomp_for_container
-from crisp.pods.model import (
+from crisp.oci.model import (
     NamespaceMode,
     ProfileKind,
-    SecurityContext,
     SecurityProfile,
+    SecurityRequest,
     SELinuxOptions,
     UserNamespace,
 )
+from crisp.oci.seccomp import SeccompKind, parse_legacy_profile_path, seccomp_for_container
 
 # The capabilities a container gets unless its security context adds or drops some
 # (the set Docker, containerd and CRI-O agree on).
@@ -122,7 +122,7 @@ def container_capabilities(privileged: bool, add: Iterable[str], drop: Iterable[
     return [c for c in caps if c not in dropped]
 
 
-def masked_and_readonly_paths(security: SecurityContext) -> tuple[list[str], list[str]]:
+def masked_and_readonly_paths(security: SecurityRequest) -> tuple[list[str], list[str]]:
     """CRI's own lists when it gives them (the kubelet sends both or neither), the defaults
     otherwise; a privileged container has neither."""
     if security.privileged:
@@ -422,7 +422,7 @@ class SecurityPlan:
     all_devices_allowed: bool = False
 
 
-def seccomp_request(security: SecurityContext) -> tuple[SeccompKind, str]:
+def seccomp_request(security: SecurityRequest) -> tuple[SeccompKind, str]:
     """The seccomp kind and Localhost path a security context asks for."""
     profile = security.seccomp
     if profile is None:
@@ -436,7 +436,7 @@ def seccomp_request(security: SecurityContext) -> tuple[SeccompKind, str]:
     return kind, ref
 
 
-async def plan_security(security: SecurityContext, *, sandbox_privileged: bool,
+async def plan_security(security: SecurityRequest, *, sandbox_privileged: bool,
                         without_host_devices: bool, runtime_path: str = "",
                         host: HostSecurity | None = None) -> SecurityPlan:
     """Decide a container's seccomp, LSM labels and devices; errors name what to change."""
@@ -447,7 +447,7 @@ async def plan_security(security: SecurityContext, *, sandbox_privileged: bool,
         )
     if host is None:
         host = await asyncio.to_thread(detect_host_security)
-    userns = security.namespaces.userns
+    userns = security.userns
     if userns is not None and userns.mode != NamespaceMode.NODE:
         idmap = bool(runtime_path) and await runtime_supports_idmap(runtime_path)
         check_userns(userns, replace(host, runtime_idmap_mounts=idmap))

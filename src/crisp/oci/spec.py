@@ -15,8 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crisp.cgroups import CgroupHost, CgroupMode, oci_resources
+from crisp.cgroups import CgroupHost, CgroupMode, LinuxResources, oci_resources
 from crisp.errors import InvalidArgument
+from crisp.oci.model import (
+    BindMount,
+    ContainerRequest,
+    ImageDefaults,
+    NamespaceMode,
+    ProcessUser,
+    Propagation,
+)
 from crisp.oci.security import (
     DEFAULT_CAPABILITIES as DEFAULT_CAPABILITIES,  # re-exported: spec tests check it
 )
@@ -24,15 +32,6 @@ from crisp.oci.security import (
     SecurityPlan,
     container_capabilities,
     masked_and_readonly_paths,
-)
-from crisp.pods.model import (
-    ContainerConfig,
-    ImageRuntimeConfig,
-    Mount,
-    NamespaceMode,
-    ProcessUser,
-    Propagation,
-    Resources,
 )
 
 Spec = dict[str, Any]
@@ -68,8 +67,8 @@ class PodPaths:
 class SpecInputs:
     """Everything the spec of one container depends on."""
 
-    config: ContainerConfig
-    image: ImageRuntimeConfig
+    config: ContainerRequest
+    image: ImageDefaults
     rootfs: str
     user: ProcessUser
     pod: PodPaths
@@ -88,7 +87,7 @@ class SpecInputs:
 SpecStep = Callable[[Spec, SpecInputs], None]
 
 
-def process_args(config: ContainerConfig, image: ImageRuntimeConfig) -> list[str]:
+def process_args(config: ContainerRequest, image: ImageDefaults) -> list[str]:
     """argv as the kubelet expects: command replaces the entrypoint and drops the image's cmd."""
     if config.command:
         argv = [*config.command, *config.args]
@@ -96,7 +95,7 @@ def process_args(config: ContainerConfig, image: ImageRuntimeConfig) -> list[str
         argv = [*image.entrypoint, *(config.args or image.cmd)]
     if not argv:
         raise InvalidArgument(
-            f"container {config.metadata.name!r}: neither the config nor image "
+            f"container {config.name!r}: neither the config nor image "
             f"{image.reference!r} gives a command to run"
         )
     return argv
@@ -246,7 +245,7 @@ def _mounts(spec: Spec, inputs: SpecInputs) -> None:
         spec["linux"]["rootfsPropagation"] = rootfs_propagation
 
 
-def _check_recursive_read_only(mount: Mount) -> None:
+def _check_recursive_read_only(mount: BindMount) -> None:
     """CRI's rules for recursive read-only: a read-only, private mount (submounts that
     propagate in later could not be made read-only)."""
     if not mount.readonly:
@@ -302,7 +301,7 @@ PORTABLE_HOST = CgroupHost(mode=CgroupMode.LEGACY)
 accounting or hugepages, so only cpu and memory limits pass (unit tests, tools)."""
 
 
-def linux_resources(wanted: Resources, host: CgroupHost | None = None) -> dict[str, Any]:
+def linux_resources(wanted: LinuxResources, host: CgroupHost | None = None) -> dict[str, Any]:
     """OCI ``linux.resources`` (without devices) for CRI's settings, validated for ``host``.
 
     The same dict serves config.json and ``runc update --resources``.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.errors import InvalidArgument
-from crisp.pods.model import ProcessUser, SecurityContext
+from crisp.oci.model import ProcessUser, UserRequest
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def _read_inside(rootfs: Path, name: str) -> str:
         return ""
 
 
-def resolve_user(rootfs: Path, image_user: str, security: SecurityContext) -> ProcessUser:
+def resolve_user(rootfs: Path, image_user: str, security: UserRequest) -> ProcessUser:
     """The uid, gid and supplementary gids of the container's process."""
     users = parse_passwd(_read_inside(rootfs, "passwd"))
     groups = parse_group(_read_inside(rootfs, "group"))
@@ -76,7 +76,7 @@ def resolve_user_from(
     users: list[PasswdEntry],
     groups: list[GroupEntry],
     image_user: str,
-    security: SecurityContext,
+    security: UserRequest,
 ) -> ProcessUser:
     """:func:`resolve_user` on already parsed files (pure, for tests)."""
     if security.run_as_user is not None and security.run_as_username:

@@ -43,6 +43,7 @@ from crisp.pods.model import (
     SandboxState,
     container_name,
 )
+from crisp.pods.oci_inputs import container_request, image_defaults, user_request
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,10 @@ class ContainerManager:
             rootfs = await ctx.rootfs.prepare(container_id, image.lower_dirs)
             failpoint("container.create.rootfs")
             user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
-                                           config.security)
+                                           user_request(config.security))
+            request = container_request(config)
             security = await plan_security(
-                config.security, sandbox_privileged=sandbox.config.privileged,
+                request.security, sandbox_privileged=sandbox.config.privileged,
                 without_host_devices=_without_host_devices(ctx, sandbox.runtime_handler),
                 runtime_path=backend.runtime.path)
             stop_signal = config.stop_signal or image.stop_signal or "SIGTERM"
@@ -128,7 +130,7 @@ class ContainerManager:
             # Validates the range; what is below crisp's own value is raised to it.
             cgroups.oom_score_adj(config.resources.oom_score_adj)
             spec = build_spec(SpecInputs(
-                config=config, image=image, rootfs=str(rootfs), user=user,
+                config=request, image=image_defaults(image), rootfs=str(rootfs), user=user,
                 pod=self._pod_paths(sandbox, config),
                 cgroups_path=cgroups.cgroups_path(pod_cgroup_parent(sandbox), container_id),
                 min_oom_score_adj=cgroups.oom_score_adj_floor,

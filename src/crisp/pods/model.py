@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crisp.cgroups.resources import LinuxResources
+from crisp.oci import model as oci
 
-
-class NamespaceMode(enum.IntEnum):
-    """Scope of a Linux namespace, numbered as CRI numbers them."""
-
-    POD = 0
-    CONTAINER = 1
-    NODE = 2
-    TARGET = 3
+# Values the OCI layer takes too: defined below both, in crisp.oci.model, and shared.
+IDMapping = oci.IDMapping
+NamespaceMode = oci.NamespaceMode
+ProcessUser = oci.ProcessUser
+ProfileKind = oci.ProfileKind
+Propagation = oci.Propagation
+SecurityProfile = oci.SecurityProfile
+SELinuxOptions = oci.SELinuxOptions
+UserNamespace = oci.UserNamespace
 
 
 class SandboxState(enum.StrEnum):
@@ -34,32 +36,6 @@ class ContainerState(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-class Propagation(enum.IntEnum):
-    """Mount propagation, numbered as CRI numbers it."""
-
-    PRIVATE = 0
-    HOST_TO_CONTAINER = 1
-    BIDIRECTIONAL = 2
-
-
-@dataclass(frozen=True)
-class IDMapping:
-    """A range of ids: container_id.. maps to host_id.. for ``length`` ids."""
-
-    host_id: int
-    container_id: int
-    length: int
-
-
-@dataclass(frozen=True)
-class UserNamespace:
-    """CRI's userns_options: NODE is the host's user namespace, POD one of the pod's own."""
-
-    mode: NamespaceMode = NamespaceMode.NODE
-    uids: list[IDMapping] = field(default_factory=list)
-    gids: list[IDMapping] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class NamespaceOptions:
     network: NamespaceMode = NamespaceMode.POD
@@ -67,28 +43,6 @@ class NamespaceOptions:
     ipc: NamespaceMode = NamespaceMode.POD
     target_id: str = ""
     userns: UserNamespace | None = None
-
-
-class ProfileKind(enum.StrEnum):
-    """CRI's SecurityProfile.ProfileType, for seccomp and AppArmor."""
-
-    RUNTIME_DEFAULT = "RuntimeDefault"
-    UNCONFINED = "Unconfined"
-    LOCALHOST = "Localhost"
-
-
-@dataclass(frozen=True)
-class SecurityProfile:
-    kind: ProfileKind = ProfileKind.UNCONFINED
-    localhost_ref: str = ""
-
-
-@dataclass(frozen=True)
-class SELinuxOptions:
-    user: str = ""
-    role: str = ""
-    type: str = ""
-    level: str = ""
 
 
 @dataclass(frozen=True)
@@ -231,13 +185,6 @@ class ImageRuntimeConfig:
     working_dir: str = ""
     stop_signal: str = ""
     lower_dirs: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ProcessUser:
-    uid: int
-    gid: int
-    additional_gids: list[int] = field(default_factory=list)
 
 
 @dataclass
