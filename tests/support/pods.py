@@ -35,6 +35,7 @@ class PodsEnv:
     pause: str
     sleeper: str  # image whose entrypoint sleeps and whose StopSignal is SIGUSR1
     logs: Path
+    registry: str  # the test registry's URL, for tests that push images of their own
 
     @property
     def runtime(self) -> Any:
@@ -151,7 +152,8 @@ def pods_environment(base: Path, extra_config: str = "",
                                                  infra_container))
         env = PodsEnv(daemon=daemon, busybox=f"{registry.host}/test/busybox:latest",
                       pause=f"{registry.host}/test/pause:latest",
-                      sleeper=f"{registry.host}/test/sleeper:latest", logs=base / "logs")
+                      sleeper=f"{registry.host}/test/sleeper:latest", logs=base / "logs",
+                      registry=registry.url)
         try:
             daemon.start()
             for image in (env.busybox, env.pause, env.sleeper):

@@ -180,3 +180,15 @@ def test_root_entry_and_mtime_default(tmp_path: Path) -> None:
         archive.addfile(info, io.BytesIO(b""))
     root = unpack(tmp_path, out.getvalue(), "none")
     assert (root / "file").exists()
+
+
+@pytest.mark.parametrize(("layer", "reason"), [
+    (LayerBuilder().file("n" * 300, "x"), "File name too long"),
+    (LayerBuilder().file("/".join(["d" * 200] * 21) + "/f", "x"), "File name too long"),
+    (LayerBuilder().file("f", "x", xattrs={"security.capability": "not a capability"}),
+     "Invalid argument"),
+])
+def test_entries_the_kernel_refuses_are_refused_as_unsafe_layers(
+        tmp_path: Path, layer: LayerBuilder, reason: str) -> None:
+    with pytest.raises(UnsafeLayer, match=f"layer entry .* cannot be unpacked: {reason}"):
+        unpack(tmp_path, layer)

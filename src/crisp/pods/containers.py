@@ -37,6 +37,7 @@ from crisp.pods.model import (
     ContainerConfig,
     ContainerState,
     ImageRuntimeConfig,
+    Mount,
     NamespaceMode,
     Resources,
     Sandbox,
@@ -128,6 +129,7 @@ class ContainerManager:
             cgroups = ctx.cgroups
             # Validates the range; what is below crisp's own value is raised to it.
             cgroups.oom_score_adj(config.resources.oom_score_adj)
+            await asyncio.to_thread(_create_missing_sources, config.mounts)
             spec = build_spec(SpecInputs(
                 config=config, image=image, rootfs=str(rootfs), user=user,
                 pod=self._pod_paths(sandbox, config),
@@ -500,6 +502,20 @@ def _validate(config: ContainerConfig) -> None:
         raise InvalidArgument("container metadata.name is required")
     if not config.image:
         raise InvalidArgument(f"container {config.metadata.name!r} names no image")
+    for mount in config.mounts:
+        if mount.host_path and not posixpath.isabs(mount.host_path):
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: host_path {mount.host_path!r} must be "
+                "an absolute path on the node"
+            )
+
+
+def _create_missing_sources(mounts: list[Mount]) -> None:
+    """Create a bind mount's missing host path as a directory, as containerd does, instead of
+    letting runc fail the start with an error about a missing file."""
+    for mount in mounts:
+        if mount.host_path and not os.path.lexists(mount.host_path):
+            os.makedirs(mount.host_path, mode=0o755, exist_ok=True)
 
 
 def _log_path(sandbox: Sandbox, config: ContainerConfig) -> str:

@@ -28,6 +28,7 @@ from crisp.server.images import CrispImagesServicer, ImageServicer
 from crisp.server.interceptors import BehaviorInterceptor
 from crisp.server.runtime import RuntimeServicer
 from crisp.server.services import Services
+from crisp.server.validation import RequestCheckInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
         metrics = GrpcMetrics()
         metrics.serve(metrics_config.address, metrics_config.port)
         interceptors.append(MetricsInterceptor(metrics))
-    interceptors.append(ErrorInterceptor())
+    # Outermost first: metrics see every call, errors map what the request check refuses.
+    interceptors += [ErrorInterceptor(), RequestCheckInterceptor()]
 
     server = grpc.aio.server(
         interceptors=interceptors,
