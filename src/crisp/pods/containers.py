@@ -22,6 +22,7 @@ from typing import Any
 
 from crisp.durable import write_atomic
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
+from crisp.filemodes import public_dir
 from crisp.oci.backend import RuntimeBackend
 from crisp.oci.conmon import MonitorOptions, read_exit_code
 from crisp.oci.security import plan_security
@@ -144,6 +145,7 @@ class ContainerManager:
             ))
             log_path = _log_path(sandbox, config)
             conmon_log = log_path or str(files.bundle / OUTPUT_LOG)
+            await asyncio.to_thread(_create_mount_sources, config)
             await asyncio.to_thread(_write_bundle, files.bundle, spec, log_path,
                                     sandbox.config.log_directory)
             await ctx.journal.advance(operation, "monitor")
@@ -546,6 +548,30 @@ def _prepare_log(log_path: Path, log_directory: str) -> None:
             f"{log_directory!r} through a symbolic link"
         )
     log_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _create_mount_sources(config: ContainerConfig) -> None:
+    """Create the missing host directory of each bind mount, as containerd does.
+
+    0755, each parent it needs too: the container's processes, whatever their user, must
+    reach what they are given, and the daemon's own umask would make it root's alone.
+    """
+    for mount in config.mounts:
+        source = mount.host_path
+        if "\0" in source or not posixpath.isabs(source):
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: host_path {source!r} must be an absolute "
+                "path without NUL"
+            )
+        if os.path.lexists(source):
+            continue
+        try:
+            public_dir(Path(source))
+        except OSError as error:
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: host_path {source!r} does not exist and "
+                f"cannot be created: {error.strerror}"
+            ) from None
 
 
 def _write_bundle(bundle: Path, spec: dict[str, Any], log_path: str, log_directory: str) -> None:

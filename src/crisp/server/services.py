@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.config import LiveConfig
+from crisp.filemodes import make_private
 from crisp.images import ImageService
 from crisp.network import NetworkManager
 from crisp.pods import ImagesForPods, NetworkForPods, PodService, SnapshotsForPods
 from crisp.pods.service import detect_cgroups
-from crisp.state import Database, Settings
+from crisp.state import DATABASE_FILES, DATABASE_NAME, Database, Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class Services:
         """Open the state and build the domain services of a daemon about to serve."""
         config = live.current
         root = Path(config.root_dir)
-        await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True, mode=0o711)
-        db = await Database.open(root / "crisp.db")
+        # The database holds every container's config and env: root's alone, also where an
+        # older crisp left it readable.
+        await asyncio.to_thread(make_private, root, DATABASE_FILES)
+        db = await Database.open(root / DATABASE_NAME)
         settings = Settings(db)
         network = NetworkManager(live, root / "network", settings)
         await network.start()

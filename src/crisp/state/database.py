@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Params = Sequence[Any] | dict[str, Any]
 
+DATABASE_NAME = "crisp.db"
+# The database and the files SQLite keeps beside it in WAL mode: every container's config
+# and environment is in them, so they must be root's alone (0600).
+DATABASE_FILES = (DATABASE_NAME, f"{DATABASE_NAME}-wal", f"{DATABASE_NAME}-shm")
+
 
 class SchemaTooNewError(RuntimeError):
     """The database was written by a newer crisp than this one."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.durable import fsync_dir
+from crisp.filemodes import public_dir
 from crisp.state import Database, Records
 from crisp.storage.unpack import unpack_layer
 
@@ -131,7 +132,7 @@ class LayerStore:
         staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=self.root))
         try:
             diff = staging / "diff"
-            diff.mkdir(mode=0o755)
+            public_dir(diff)  # a layer without a "./" entry shows it as a directory's mode
             result = unpack_layer(blob, diff, diff_id)
             (staging / "link").write_text(short_name(chain_id))
             if final.exists():

@@ -29,6 +29,7 @@ from typing import IO, BinaryIO, cast
 import zstandard
 
 from crisp.errors import InvalidArgument
+from crisp.filemodes import PUBLIC_DIR
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -175,7 +176,9 @@ class _Unpacker:
             return
         self._ensure_parent(parent)
         try:
-            os.mkdir(self._path(parent), 0o755)
+            os.mkdir(self._path(parent), PUBLIC_DIR)
+            # a directory the archive only implies is 0755, whatever the daemon's umask
+            os.chmod(self._path(parent), PUBLIC_DIR)
             self.inodes += 1
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(self._path(parent)).st_mode):
