@@ -38,7 +38,6 @@ from crisp.pods.model import (
     ContainerConfig,
     ContainerState,
     ImageRuntimeConfig,
-    Mount,
     NamespaceMode,
     Resources,
     Sandbox,
@@ -130,7 +129,6 @@ class ContainerManager:
             cgroups = ctx.cgroups
             # Validates the range; what is below crisp's own value is raised to it.
             cgroups.oom_score_adj(config.resources.oom_score_adj)
-            await asyncio.to_thread(_create_missing_sources, config.mounts)
             spec = build_spec(SpecInputs(
                 config=config, image=image, rootfs=str(rootfs), user=user,
                 pod=self._pod_paths(sandbox, config),
@@ -505,19 +503,11 @@ def _validate(config: ContainerConfig) -> None:
     if not config.image:
         raise InvalidArgument(f"container {config.metadata.name!r} names no image")
     for mount in config.mounts:
-        if mount.host_path and not posixpath.isabs(mount.host_path):
+        if (mount.host_path and not posixpath.isabs(mount.host_path)) or "\0" in mount.host_path:
             raise InvalidArgument(
                 f"mount at {mount.container_path!r}: host_path {mount.host_path!r} must be "
-                "an absolute path on the node"
+                "an absolute path on the node, without NUL"
             )
-
-
-def _create_missing_sources(mounts: list[Mount]) -> None:
-    """Create a bind mount's missing host path as a directory, as containerd does, instead of
-    letting runc fail the start with an error about a missing file."""
-    for mount in mounts:
-        if mount.host_path and not os.path.lexists(mount.host_path):
-            os.makedirs(mount.host_path, mode=0o755, exist_ok=True)
 
 
 def _log_path(sandbox: Sandbox, config: ContainerConfig) -> str:
@@ -557,13 +547,8 @@ def _create_mount_sources(config: ContainerConfig) -> None:
     reach what they are given, and the daemon's own umask would make it root's alone.
     """
     for mount in config.mounts:
-        source = mount.host_path
-        if "\0" in source or not posixpath.isabs(source):
-            raise InvalidArgument(
-                f"mount at {mount.container_path!r}: host_path {source!r} must be an absolute "
-                "path without NUL"
-            )
-        if os.path.lexists(source):
+        source = mount.host_path  # absolute and without NUL: checked by _validate
+        if not source or os.path.lexists(source):
             continue
         try:
             public_dir(Path(source))
