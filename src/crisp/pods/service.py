@@ -16,6 +16,7 @@ from crisp.pods.codec import to_document
 from crisp.pods.containers import ContainerManager
 from crisp.pods.context import PodContext, finish_even_if_cancelled
 from crisp.pods.events import LifecycleEvent
+from crisp.pods.execstream import ExecProcess
 from crisp.pods.execsync import ExecResult, exec_sync
 from crisp.pods.model import (
     Container,
@@ -186,6 +187,24 @@ class PodService:
         container = self.container(container_id)
         runtime = self.ctx.backend(container.runtime_handler).runtime
         return await exec_sync(runtime, container, argv, seconds)
+
+    def running_container(self, container_id: str) -> Container:
+        """The container, which must be running (for Exec and Attach)."""
+        container = self.container(container_id)
+        if container.state != ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state}: exec and attach need a "
+                "running container")
+        return container
+
+    async def start_exec(self, container_id: str, argv: list[str], *, tty: bool, stdin: bool,
+                         stdout: bool, stderr: bool) -> ExecProcess:
+        """Start ``argv`` in the container with its stdio for the streaming server to relay."""
+        container = self.running_container(container_id)
+        runtime = self.ctx.backend(container.runtime_handler).runtime
+        return await ExecProcess.start(runtime, container, argv, tty=tty, stdin=stdin,
+                                       stdout=stdout, stderr=stderr,
+                                       console_dir=self.ctx.layout.run_dir / "console")
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         container = self.container(container_id)
