@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import pty
+import select
+import struct
 import subprocess
 import tempfile
+import termios
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +21,7 @@ import grpc
 import pytest
 
 from crisp.api import cri_pb2
-from tests.support.pods import PodsEnv, pods_environment
+from tests.support.pods import PodsEnv, pods_environment, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +101,112 @@ def test_exec_url_rejects_bad_requests(env: PodsEnv, container: str) -> None:
         with pytest.raises(grpc.RpcError) as error:
             env.runtime.Exec(request)
         assert error.value.code() == code
+
+
+def exec_url(env: PodsEnv, container: str, cmd: list[str]) -> str:
+    return str(env.runtime.Exec(cri_pb2.ExecRequest(container_id=container, cmd=cmd,
+                                                    stdout=True)).url)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST", data=b""),
+                                    timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_tokens_are_single_use_and_expire(env: PodsEnv, container: str) -> None:
+    url = exec_url(env, container, ["touch", "/tmp/ran"])
+    assert url.startswith("http://127.0.0.1:")
+    assert http_status(url) == 400  # spent, though no upgrade was asked for
+    assert http_status(url) == 404
+    assert http_status(url.rsplit("/", 1)[0] + "/guessed") == 404
+    expired = exec_url(env, container, ["touch", "/tmp/ran"])
+    time.sleep(2.2)  # the module's daemon gives tokens 2 seconds
+    result = crictl(env, "exec", container, "ls", "/tmp")
+    assert b"ran" not in result.stdout
+    assert http_status(expired) == 404
+
+
+def run_in_terminal(argv: list[str], keys: list[tuple[bytes, bytes]], rows: int, cols: int,
+                    timeout: float = 20) -> tuple[bytes, int]:
+    """Run ``argv`` on a new pty of the given size; send each key after its expected output."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                               preexec_fn=controlling_terminal)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    pending = list(keys)
+    try:
+        while time.monotonic() < deadline:
+            if pending and pending[0][0] in seen:
+                os.write(master, pending.pop(0)[1])
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif process.poll() is not None and not pending:
+                break
+        return seen, process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_interactive_shell_with_a_terminal(env: PodsEnv, container: str, transport: str
+                                           ) -> None:
+    argv = [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "exec", "-it",
+            "--transport", transport, container, "sh"]
+    seen, code = run_in_terminal(argv, [
+        (b"# ", b"stty size; echo $((6*7))done\r"),
+        (b"42done", b"exit 3\r"),
+    ], rows=33, cols=77)
+    assert b"33 77" in seen, seen
+    assert b"42done" in seen, seen
+    assert b"exit code 3" in seen, seen
+    assert code != 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_client_that_leaves_leaves_no_process(env: PodsEnv, container: str, transport: str
+                                                ) -> None:
+    marker = f"{1000 + TRANSPORTS.index(transport)}.{os.getpid()}"
+    client = subprocess.Popen(
+        [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "exec", "-i",
+         "--transport", transport, container, "sleep", marker],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: sleepers(marker), 10, "the exec'd sleep to start")
+    client.kill()
+    client.wait()
+    wait_for(lambda: not sleepers(marker), 10, "the exec'd sleep to be killed")
+
+
+def sleepers(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[:2] == [b"sleep", marker.encode()]:
+            found.append(int(name))
+    return found

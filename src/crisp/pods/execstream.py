@@ -1,16 +1,17 @@
 """Interactive exec: ``runc exec`` of a command whose stdio the streaming server relays.
 
 Without a terminal the command gets pipes (stdin only if asked for), so stdout and stderr stay
-apart. With one, runc makes the terminal in the container and hands its master side back
-over a console socket (SCM_RIGHTS); crisp reads and writes the master and resizes it with
-TIOCSWINSZ. runc stays in the foreground either way and exits with the command's status
-(128+n for a signal), which is the exit code reported. runc's own errors go to a log file,
-not to the client's stderr, and a failure to start becomes an error rather than an exit code.
+apart. With one, runc makes the terminal in the container and, staying in the foreground,
+proxies it to its own stdio; crisp gives runc a pseudo-terminal of its own as that stdio
+(runc refuses a console socket unless it detaches, and a detached exec's exit code is lost).
+A resize sets the size of crisp's terminal and sends runc SIGWINCH, on which runc copies the
+size to the container's terminal. runc exits with the command's status (128+n for a signal),
+which is the exit code reported. runc's own errors go to a log file, not to the client's
+stderr, and a failure to start becomes an error rather than an exit code.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import fcntl
@@ -19,7 +20,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import struct
 import termios
 from pathlib import Path
@@ -59,13 +59,14 @@ class ExecProcess:
         self._master: int | None = None
         self._master_reader: asyncio.StreamReader | None = None
         self._master_transport: asyncio.BaseTransport | None = None
+        self._settle: asyncio.Future[None] | None = None
 
     # Start ---------------------------------------------------------------------------------
 
     @classmethod
     async def start(cls, runtime: OCIRuntime, container: Container, argv: list[str], *,
                     tty: bool, stdin: bool, stdout: bool, stderr: bool,
-                    console_dir: Path) -> ExecProcess:
+                    ) -> ExecProcess:
         if not argv:
             raise InvalidArgument("Exec needs a command (cmd is empty)")
         if container.state != ContainerState.RUNNING:
@@ -84,57 +85,42 @@ class ExecProcess:
         args = [runtime.path, "--root", str(runtime.root), "--log", str(log_file),
                 "--log-format", "json", "exec", "--process", str(process_file),
                 "--pid-file", str(pid_file)]
-        console: socket.socket | None = None
+        master = slave = -1
         try:
-            if tty:
-                await asyncio.to_thread(console_dir.mkdir, parents=True, exist_ok=True,
-                                        mode=0o700)
-                console_path = console_dir / f"{token}.sock"
-                files.append(console_path)
-                console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                console.bind(str(console_path))
-                console.listen(1)
-                console.setblocking(False)
-                args += ["--console-socket", str(console_path)]
             pipe = asyncio.subprocess.PIPE
             devnull = asyncio.subprocess.DEVNULL
-            runner = await asyncio.create_subprocess_exec(
-                *args, container.id,
-                stdin=pipe if stdin and not tty else devnull,
-                stdout=pipe if stdout and not tty else devnull,
-                stderr=pipe if stderr and not tty else devnull,
-                start_new_session=True,
-            )
+            if tty:
+                # runc in the foreground proxies the container's terminal to its own stdio,
+                # which is a terminal crisp holds the other side of (see the module doc).
+                master, slave = os.openpty()
+                runner = await asyncio.create_subprocess_exec(
+                    *args, container.id, stdin=slave, stdout=slave, stderr=slave,
+                    start_new_session=True)
+            else:
+                runner = await asyncio.create_subprocess_exec(
+                    *args, container.id,
+                    stdin=pipe if stdin else devnull,
+                    stdout=pipe if stdout else devnull,
+                    stderr=pipe if stderr else devnull,
+                    start_new_session=True,
+                )
             process = cls(container.id, runner, files, pid_file, log_file)
-            if console is not None:
-                await process._receive_console(console)
+            if tty:
+                await process._use_terminal(master)
+                master = -1
         except BaseException:
             for path in files:
                 path.unlink(missing_ok=True)
+            if master >= 0:
+                os.close(master)
             raise
         finally:
-            if console is not None:
-                console.close()
+            if slave >= 0:
+                os.close(slave)
         return process
 
-    async def _receive_console(self, console: socket.socket) -> None:
+    async def _use_terminal(self, master: int) -> None:
         loop = asyncio.get_running_loop()
-        accepting = asyncio.ensure_future(loop.sock_accept(console))
-        exited = asyncio.ensure_future(self.runner.wait())
-        done, _ = await asyncio.wait({accepting, exited}, timeout=CONSOLE_TIMEOUT,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if accepting not in done:
-            accepting.cancel()
-            if exited not in done:
-                exited.cancel()
-                await self.abandon()
-                raise RuntimeFailure(f"runc gave no terminal within {CONSOLE_TIMEOUT:.0f}s")
-            raise RuntimeFailure(f"exec in container {self.container_id} failed: "
-                                 f"{await self.runtime_error()}")
-        exited.cancel()
-        connection, _ = accepting.result()
-        with connection:
-            master = await loop.run_in_executor(None, _receive_fd, connection)
         os.set_blocking(master, False)
         self._master = master
         reader = asyncio.StreamReader(limit=1 << 20)
@@ -143,6 +129,21 @@ class ExecProcess:
         reading = os.fdopen(os.dup(master), "rb", buffering=0)
         self._master_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), reading)
+        self._settle = asyncio.ensure_future(self._resize_once_started())
+
+    async def _resize_once_started(self) -> None:
+        """runc reads the size on SIGWINCH; one sent before it listens is lost, so repeat it."""
+        for _ in range(100):
+            if await asyncio.to_thread(self.pid_file.exists):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        self._signal_runc()
+
+    def _signal_runc(self) -> None:
+        if self.runner.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.runner.pid, signal.SIGWINCH)
 
     # Attachable ----------------------------------------------------------------------------
 
@@ -178,6 +179,7 @@ class ExecProcess:
         if self._master is not None:
             fcntl.ioctl(self._master, termios.TIOCSWINSZ,
                         struct.pack("HHHH", size.height, size.width, 0, 0))
+            self._signal_runc()
 
     async def wait(self) -> int:
         code = await self.runner.wait()
@@ -206,6 +208,8 @@ class ExecProcess:
         return await asyncio.to_thread(_runtime_error, self.log_file)
 
     def _cleanup(self) -> None:
+        if self._settle is not None:
+            self._settle.cancel()
         if self._master_transport is not None:
             self._master_transport.close()
             self._master_transport = None
@@ -215,22 +219,6 @@ class ExecProcess:
             self._master = None
         for path in self._files:
             path.unlink(missing_ok=True)
-
-
-def _receive_fd(connection: socket.socket) -> int:
-    """The terminal master runc sends over the console socket."""
-    connection.setblocking(True)
-    connection.settimeout(CONSOLE_TIMEOUT)
-    fds = array.array("i")
-    _, ancillary, _, _ = connection.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-    if not fds:
-        raise RuntimeFailure("runc sent no terminal over the console socket")
-    for extra in fds[1:]:
-        os.close(extra)
-    return fds[0]
 
 
 async def _write_fd(fd: int, data: bytes) -> None:

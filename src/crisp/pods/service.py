@@ -203,8 +203,7 @@ class PodService:
         container = self.running_container(container_id)
         runtime = self.ctx.backend(container.runtime_handler).runtime
         return await ExecProcess.start(runtime, container, argv, tty=tty, stdin=stdin,
-                                       stdout=stdout, stderr=stderr,
-                                       console_dir=self.ctx.layout.run_dir / "console")
+                                       stdout=stdout, stderr=stderr)
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         container = self.container(container_id)
