@@ -210,3 +210,46 @@ def sleepers(marker: str) -> list[int]:
         if cmdline[:2] == [b"sleep", marker.encode()]:
             found.append(int(name))
     return found
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_attach_shows_the_containers_output_apart(env: PodsEnv, transport: str) -> None:
+    pod_id = env.run_pod()
+    script = "i=0; while true; do echo out$i; echo err$i >&2; i=$((i+1)); sleep 0.2; done"
+    container_id = env.run_container(pod_id,
+                                     env.container_config("talker", ["sh", "-c", script]))
+    try:
+        client = subprocess.Popen(
+            [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "attach",
+             "--transport", transport, container_id],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        env.runtime.StopContainer(cri_pb2.StopContainerRequest(container_id=container_id,
+                                                               timeout=0))
+        stdout, stderr = client.communicate(timeout=20)
+        assert client.returncode == 0, stderr
+        assert b"out" in stdout and b"err" not in stdout
+        assert b"err" in stderr
+    finally:
+        env.remove_pod(pod_id)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_attach_to_an_interactive_container_with_a_terminal(env: PodsEnv, transport: str
+                                                            ) -> None:
+    pod_id = env.run_pod()
+    container_id = env.run_container(pod_id, env.container_config(
+        "interactive", ["sh"], stdin=True, tty=True))
+    try:
+        argv = [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "attach", "-it",
+                "--transport", transport, container_id]
+        seen, _ = run_in_terminal(argv, [
+            (b"", b"\r"),
+            (b"# ", b"stty size; echo $((6*7))done\r"),
+            (b"42done", b"exit\r"),
+        ], rows=21, cols=63)
+        assert b"42done" in seen, seen
+        assert b"21 63" in seen, seen
+        env.wait_exited(container_id)
+    finally:
+        env.remove_pod(pod_id)

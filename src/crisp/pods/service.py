@@ -12,6 +12,7 @@ from crisp.cgroups import CgroupService
 from crisp.config import LiveConfig
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound
 from crisp.oci.handlers import handler_problems
+from crisp.pods.attach import ConmonAttach
 from crisp.pods.codec import to_document
 from crisp.pods.containers import ContainerManager
 from crisp.pods.context import PodContext, finish_even_if_cancelled
@@ -204,6 +205,12 @@ class PodService:
         runtime = self.ctx.backend(container.runtime_handler).runtime
         return await ExecProcess.start(runtime, container, argv, tty=tty, stdin=stdin,
                                        stdout=stdout, stderr=stderr)
+
+    async def attach(self, container_id: str, *, stdin: bool) -> ConmonAttach:
+        """Connect to the container's own stdio (stdin only if it was created with one)."""
+        container = self.running_container(container_id)
+        return await ConmonAttach.connect(self.ctx.layout.files(container.id),
+                                          stdin=stdin and container.config.stdin)
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         container = self.container(container_id)

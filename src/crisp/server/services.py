@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.config import LiveConfig
-from crisp.errors import Unimplemented
 from crisp.images import ImageService
 from crisp.network import NetworkManager
 from crisp.pods import ImagesForPods, NetworkForPods, PodService, SnapshotsForPods
@@ -88,4 +87,4 @@ class PodsForStreaming:
             stdout=request.stdout, stderr=request.stderr)
 
     async def attach(self, request: AttachRequest) -> Attachable:
-        raise Unimplemented("crisp does not attach to containers yet")
+        return await self.pods.attach(request.container_id, stdin=request.stdin)
