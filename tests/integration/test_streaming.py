@@ -7,6 +7,7 @@ import hashlib
 import os
 import pty
 import select
+import socket
 import struct
 import subprocess
 import tempfile
@@ -252,4 +253,48 @@ def test_attach_to_an_interactive_container_with_a_terminal(env: PodsEnv, transp
         assert b"21 63" in seen, seen
         env.wait_exited(container_id)
     finally:
+        env.remove_pod(pod_id)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_port_forward_over_spdy_two_ports_and_a_refused_one(env: PodsEnv) -> None:
+    pod_id = env.run_pod()
+    script = ("mkdir -p /www /www2 && echo first > /www/index.html && "
+              "echo second > /www2/index.html && httpd -p 8080 -h /www && "
+              "httpd -p 8081 -h /www2 && sleep 3600")
+    env.run_container(pod_id, env.container_config("web", ["sh", "-c", script]))
+    local = [free_port(), free_port(), free_port()]
+    client = subprocess.Popen(
+        [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "port-forward", pod_id,
+         f"{local[0]}:8080", f"{local[1]}:8081", f"{local[2]}:9999"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def get(port: int) -> bytes:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
+                return bytes(answer.read())
+
+        def ready() -> bool:
+            try:
+                return get(local[0]) == b"first\n"
+            except OSError:
+                return False
+
+        wait_for(ready, 20, "the forwarded httpd")
+        for _ in range(3):
+            assert get(local[1]) == b"second\n"
+            assert get(local[0]) == b"first\n"
+        # Refused inside the pod: reported on that connection's error stream (crictl then
+        # gives up the whole session, as kubectl port-forward does).
+        with pytest.raises(OSError):
+            get(local[2])
+        _, stderr = client.communicate(timeout=20)
+        assert b"9999" in stderr and b"refused" in stderr.lower(), stderr
+    finally:
+        client.kill()
+        client.wait()
         env.remove_pod(pod_id)

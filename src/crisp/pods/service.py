@@ -29,6 +29,7 @@ from crisp.pods.model import (
     SandboxState,
     labels_match,
 )
+from crisp.pods.portforward import connect_in_namespace
 from crisp.pods.ports import ImageSource, PodNetwork, RootfsStore
 from crisp.pods.recovery import Recovery
 from crisp.pods.sandboxes import SandboxManager
@@ -211,6 +212,14 @@ class PodService:
         container = self.running_container(container_id)
         return await ConmonAttach.connect(self.ctx.layout.files(container.id),
                                           stdin=stdin and container.config.stdin)
+
+    async def port_connect(self, sandbox_id: str, port: int
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``port`` on localhost inside the pod's network namespace."""
+        sandbox = self.sandbox(sandbox_id)
+        if sandbox.state != SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+        return await connect_in_namespace(sandbox.namespace_paths.get("net", ""), port)
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         container = self.container(container_id)

@@ -88,3 +88,7 @@ class PodsForStreaming:
 
     async def attach(self, request: AttachRequest) -> Attachable:
         return await self.pods.attach(request.container_id, stdin=request.stdin)
+
+    async def port_connect(self, sandbox_id: str, port: int
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self.pods.port_connect(sandbox_id, port)

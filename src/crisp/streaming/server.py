@@ -21,7 +21,7 @@ from typing import Protocol
 from aiohttp import hdrs, web
 
 from crisp.errors import CrispError, InvalidArgument, Unavailable
-from crisp.streaming import spdy, spdy_remote, ws_remote
+from crisp.streaming import portforward, spdy, spdy_remote, ws_remote
 from crisp.streaming.relay import Attachable, relay
 from crisp.streaming.requests import (
     AttachRequest,
@@ -45,6 +45,9 @@ class Backend(Protocol):
     async def exec(self, request: ExecRequest) -> Attachable: ...
 
     async def attach(self, request: AttachRequest) -> Attachable: ...
+
+    async def port_connect(self, sandbox_id: str, port: int
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,29 @@ class StreamingServer:
                                           claimed.stderr, claimed.tty)
 
     async def _port_forward(self, request: web.Request) -> web.StreamResponse:
-        self._claim(request, PortForwardRequest)
-        raise web.HTTPNotImplemented(text="crisp does not forward ports yet\n")
+        claimed = self._claim(request, PortForwardRequest)
+        assert isinstance(claimed, PortForwardRequest)
+        if _is_websocket(request):
+            raise web.HTTPNotImplemented(
+                text="crisp forwards ports over SPDY only so far; use the spdy transport\n")
+        offered = _spdy_protocols(request)
+        supported = (portforward.PROTOCOL,)
+        protocol = _negotiate(offered, supported) if offered else portforward.PROTOCOL
+        if protocol is None:
+            return _no_protocol(offered, supported)
+        response, session = await _upgrade_spdy(request, protocol)
+        runner = asyncio.create_task(session.run())
+
+        async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await self.backend.port_connect(claimed.sandbox_id, port)
+
+        try:
+            await portforward.serve(session, connect)
+        finally:
+            await session.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        return response
 
     async def _remote_command(self, request: web.Request, claimed: ExecRequest | AttachRequest,
                               stdin: bool, stdout: bool, stderr: bool, tty: bool
