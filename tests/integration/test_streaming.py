@@ -262,7 +262,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_port_forward_over_spdy_two_ports_and_a_refused_one(env: PodsEnv) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_port_forward_two_ports_and_a_refused_one(env: PodsEnv, transport: str) -> None:
     pod_id = env.run_pod()
     script = ("mkdir -p /www /www2 && echo first > /www/index.html && "
               "echo second > /www2/index.html && httpd -p 8080 -h /www && "
@@ -270,7 +271,8 @@ def test_port_forward_over_spdy_two_ports_and_a_refused_one(env: PodsEnv) -> Non
     env.run_container(pod_id, env.container_config("web", ["sh", "-c", script]))
     local = [free_port(), free_port(), free_port()]
     client = subprocess.Popen(
-        [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "port-forward", pod_id,
+        [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "port-forward",
+         "--transport", transport, pod_id,
          f"{local[0]}:8080", f"{local[1]}:8081", f"{local[2]}:9999"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -19,6 +19,7 @@ from crisp.streaming import spdy
 log = logging.getLogger(__name__)
 
 PROTOCOL = "portforward.k8s.io"
+TUNNELED = "SPDY/3.1+portforward.k8s.io"  # the same, inside WebSocket binary messages
 Connector = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiohttp import hdrs, web
+from aiohttp import WSMsgType, hdrs, web
 
 from crisp.errors import CrispError, InvalidArgument, Unavailable
 from crisp.streaming import portforward, spdy, spdy_remote, ws_remote
@@ -150,15 +150,22 @@ class StreamingServer:
     async def _port_forward(self, request: web.Request) -> web.StreamResponse:
         claimed = self._claim(request, PortForwardRequest)
         assert isinstance(claimed, PortForwardRequest)
+        response: web.StreamResponse
         if _is_websocket(request):
-            raise web.HTTPNotImplemented(
-                text="crisp forwards ports over SPDY only so far; use the spdy transport\n")
-        offered = _spdy_protocols(request)
-        supported = (portforward.PROTOCOL,)
-        protocol = _negotiate(offered, supported) if offered else portforward.PROTOCOL
-        if protocol is None:
-            return _no_protocol(offered, supported)
-        response, session = await _upgrade_spdy(request, protocol)
+            # Newer clients tunnel the same SPDY session through WebSocket messages.
+            offered = _websocket_protocols(request)
+            if portforward.TUNNELED not in offered:
+                return _no_protocol(offered, (portforward.TUNNELED,))
+            ws = web.WebSocketResponse(protocols=(portforward.TUNNELED,), max_msg_size=0)
+            await ws.prepare(request)
+            response, session = ws, _spdy_over_websocket(ws)
+        else:
+            offered = _spdy_protocols(request)
+            supported = (portforward.PROTOCOL,)
+            protocol = _negotiate(offered, supported) if offered else portforward.PROTOCOL
+            if protocol is None:
+                return _no_protocol(offered, supported)
+            response, session = await _upgrade_spdy(request, protocol)
         runner = asyncio.create_task(session.run())
 
         async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -338,3 +345,45 @@ async def _upgrade_spdy(request: web.Request, protocol: str
     handler.set_parser(_Feeder(reader))  # type: ignore[arg-type]
     writer = _TransportWriter(transport, handler)
     return response, spdy.Session(reader, writer, server=True)  # type: ignore[arg-type]
+
+
+class _WebSocketWriter:
+    """SPDY frames out as binary WebSocket messages (one per drain)."""
+
+    def __init__(self, ws: web.WebSocketResponse):
+        self.ws = ws
+        self._buffer = bytearray()
+        self.tasks: set[asyncio.Future[object]] = set()
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+
+    async def drain(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            if self.ws.closed:
+                raise ConnectionResetError("the WebSocket is closed")
+            await self.ws.send_bytes(data)
+
+    def close(self) -> None:
+        closing: asyncio.Future[object] = asyncio.ensure_future(self.ws.close())
+        self.tasks.add(closing)
+        closing.add_done_callback(self.tasks.discard)
+
+
+def _spdy_over_websocket(ws: web.WebSocketResponse) -> spdy.Session:
+    reader = asyncio.StreamReader(limit=1 << 20)
+
+    async def pump() -> None:
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.BINARY:
+                    reader.feed_data(message.data)
+        finally:
+            reader.feed_eof()
+
+    writer = _WebSocketWriter(ws)
+    reading: asyncio.Future[object] = asyncio.ensure_future(pump())
+    writer.tasks.add(reading)  # ends when the WebSocket closes
+    reading.add_done_callback(writer.tasks.discard)
+    return spdy.Session(reader, writer, server=True)  # type: ignore[arg-type]
