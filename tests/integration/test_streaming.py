@@ -132,8 +132,12 @@ def test_tokens_are_single_use_and_expire(env: PodsEnv, container: str) -> None:
 
 
 def run_in_terminal(argv: list[str], keys: list[tuple[bytes, bytes]], rows: int, cols: int,
-                    timeout: float = 20) -> tuple[bytes, int]:
-    """Run ``argv`` on a new pty of the given size; send each key after its expected output."""
+                    timeout: float = 20, poke: bytes = b"") -> tuple[bytes, int]:
+    """Run ``argv`` on a new pty of the given size; send each key after its expected output.
+
+    ``poke`` is sent every second until the first expected output shows (attach sees no
+    output from before it connected, so a prompt has to be asked for again).
+    """
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
@@ -147,8 +151,12 @@ def run_in_terminal(argv: list[str], keys: list[tuple[bytes, bytes]], rows: int,
     seen = b""
     deadline = time.monotonic() + timeout
     pending = list(keys)
+    poked = 0.0
     try:
         while time.monotonic() < deadline:
+            if poke and len(pending) == len(keys) and time.monotonic() - poked > 1:
+                os.write(master, poke)
+                poked = time.monotonic()
             if pending and pending[0][0] in seen:
                 os.write(master, pending.pop(0)[1])
             ready, _, _ = select.select([master], [], [], 0.2)
@@ -245,10 +253,9 @@ def test_attach_to_an_interactive_container_with_a_terminal(env: PodsEnv, transp
         argv = [CRICTL, "--runtime-endpoint", f"unix://{env.daemon.socket}", "attach", "-it",
                 "--transport", transport, container_id]
         seen, _ = run_in_terminal(argv, [
-            (b"", b"\r"),
             (b"# ", b"stty size; echo $((6*7))done\r"),
             (b"42done", b"exit\r"),
-        ], rows=21, cols=63)
+        ], rows=21, cols=63, poke=b"\r")
         assert b"42done" in seen, seen
         assert b"21 63" in seen, seen
         env.wait_exited(container_id)
@@ -299,4 +306,19 @@ def test_port_forward_two_ports_and_a_refused_one(env: PodsEnv, transport: str) 
     finally:
         client.kill()
         client.wait()
+        env.remove_pod(pod_id)
+
+
+def test_exec_into_a_container_started_before_a_restart(env: PodsEnv) -> None:
+    pod_id = env.run_pod()
+    container_id = env.run_container(pod_id, env.container_config("survivor",
+                                                                  ["sleep", "3600"]))
+    try:
+        env.daemon.restart()
+        for transport in TRANSPORTS:
+            result = crictl(env, "exec", "--transport", transport, container_id,
+                            "echo", "still here")
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == b"still here\n"
+    finally:
         env.remove_pod(pod_id)
