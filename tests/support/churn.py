@@ -39,6 +39,11 @@ class Calls:
         started = time.monotonic()
         try:
             answer = method(request, timeout=60)
+        except ValueError as error:  # a channel the test closed (it killed the daemon)
+            with self._lock:
+                self.errors[name] += 1
+                self.error_samples.setdefault(name, f"client: {error}")
+            return None
         except grpc.RpcError as error:
             code = error.code()  # type: ignore[attr-defined]
             with self._lock:

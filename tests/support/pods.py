@@ -9,6 +9,7 @@ even if a test failed halfway: conmon processes, runc containers, mounts and the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -231,3 +232,46 @@ def conmon_pids(base: Path) -> list[int]:
         if cmdline and cmdline[0].endswith(b"conmon") and str(base).encode() in b" ".join(cmdline):
             pids.append(pid)
     return pids
+
+
+def known_ids(env: PodsEnv) -> tuple[set[str], set[str], set[str]]:
+    """(pod ids, container ids, ids of containers that should have a live conmon)."""
+    pods = {p.id for p in env.runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest()).items}
+    containers = env.runtime.ListContainers(cri_pb2.ListContainersRequest()).containers
+    live = {c.id for c in containers
+            if c.state in (cri_pb2.CONTAINER_CREATED, cri_pb2.CONTAINER_RUNNING)}
+    for pod_id in pods:
+        info = json.loads(env.runtime.PodSandboxStatus(cri_pb2.PodSandboxStatusRequest(
+            pod_sandbox_id=pod_id, verbose=True)).info["info"])
+        if info["infraContainerID"] and info["pid"]:
+            live.add(info["infraContainerID"])
+    return pods, {c.id for c in containers}, live
+
+
+def assert_no_leaks(env: PodsEnv) -> None:
+    """Everything of crisp's in the world belongs to an object CRI lists: conmon processes,
+    runc containers, mounts (rootfs, shm, namespace pins), state dirs and pod IPs."""
+    base = env.daemon.base
+    pods, containers, live = known_ids(env)
+    everything = pods | containers | live
+    monitored = set()
+    for pid in conmon_pids(base):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        monitored.add(args[args.index(b"--cid") + 1].decode())
+    assert monitored == live
+    runtime_root = base / "run" / "runtimes" / "runc"
+    runc_ids = {p.name for p in runtime_root.iterdir()} if runtime_root.exists() else set()
+    assert runc_ids <= everything
+    for point in mounts_under(base):
+        assert any(i in point for i in everything), f"stray mount {point}"
+    for directory in (base / "run" / "containers", base / "root" / "containers"):
+        if directory.exists():
+            assert {p.name for p in directory.iterdir()} <= everything, directory
+    for directory in (base / "run" / "pods", base / "root" / "pods"):
+        if directory.exists():
+            assert {p.name for p in directory.iterdir()} <= pods, directory
+    ipam = base / "root" / "network" / "ipam"
+    for lease in ipam.glob("*/*") if ipam.exists() else []:
+        if lease.name[0].isdigit() or ":" in lease.name:  # an address, not lock or last_reserved
+            owner = lease.read_text().split()[0]
+            assert owner in pods, f"address {lease.name} is held by {owner}, not a listed pod"
