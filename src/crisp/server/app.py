@@ -70,7 +70,7 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
         metrics = GrpcMetrics()
         metrics.serve(metrics_config.address, metrics_config.port)
         interceptors.append(MetricsInterceptor(metrics))
-    interceptors.append(ErrorInterceptor())
+    interceptors.append(ErrorInterceptor(live.current.root_dir))
 
     server = grpc.aio.server(
         interceptors=interceptors,
