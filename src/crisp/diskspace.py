@@ -104,7 +104,7 @@ def disk_full(path: str | Path, what: str) -> DiskFull:
     """The error for ``what`` (e.g. "pulling x") failing because ``path``'s filesystem is full."""
     point = mount_point(path)
     free = free_bytes(point)
-    room = "" if free is None else f" ({human_bytes(free)} free)"
+    room = "" if free is None else f" ({human_bytes(free)} free now)"
     return DiskFull(
         f"{what}: no space left on the filesystem at {point}{room}; free space and retry",
         point,

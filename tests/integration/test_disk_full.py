@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -59,8 +60,9 @@ def small_filesystem(image: Path, mount_point: Path, mib: int) -> Iterator[Path]
 
 
 @contextlib.contextmanager
-def filled(directory: Path) -> Iterator[Path]:
-    """Take every free block of ``directory``'s filesystem with one file; give them back after."""
+def filled(directory: Path, room: int = 0) -> Iterator[Path]:
+    """Take every free block of ``directory``'s filesystem but ``room`` bytes with one file;
+    give them back after."""
     filler = directory / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -71,8 +73,12 @@ def filled(directory: Path) -> Iterator[Path]:
                     os.write(fd, chunk)
         with contextlib.suppress(OSError):
             os.fsync(fd)
+        if room:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - room))
+            os.fsync(fd)
     finally:
         os.close(fd)
+    os.sync()
     try:
         yield filler
     finally:
@@ -253,9 +259,7 @@ def test_create_container_on_a_full_disk_then_recover(env: PodsEnv, disk: Path) 
         for _ in range(3):  # and again: a failed attempt leaves nothing that blocks the next
             with pytest.raises(grpc.RpcError) as caught:
                 runtime.CreateContainer(request)
-            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, \
-                caught.value.details()
-            assert f"no space left on the filesystem at {disk} (" in caught.value.details()
+            assert_refused_for_space(caught.value, disk, "creating container after in pod test/")
             listed = runtime.ListContainers(cri_pb2.ListContainersRequest()).containers
             assert {c.id for c in listed} == containers
             assert set(os.listdir(root / "containers")) == snapshot_dirs
@@ -274,6 +278,121 @@ def test_create_container_on_a_full_disk_then_recover(env: PodsEnv, disk: Path) 
     assert set(listed) == containers | {second}
     assert listed[first].state == listed[second].state == cri_pb2.CONTAINER_RUNNING
     env.remove_pod(pod)
+
+
+@pytest.mark.parametrize("room", [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20])
+def test_create_container_as_the_disk_runs_out(env: PodsEnv, disk: Path, room: int) -> None:
+    """With a little room left, a create either works or fails leaving nothing behind."""
+    root = disk / "root"
+    pod = env.run_pod()
+    runtime = env.daemon.runtime
+    containers = {c.id for c in runtime.ListContainers(cri_pb2.ListContainersRequest()).containers}
+    snapshot_dirs = set(os.listdir(root / "containers"))
+    in_runc = runc_containers(env)
+    outcomes = []
+    try:
+        with filled(disk, room):
+            for attempt in range(3):
+                request = cri_pb2.CreateContainerRequest(
+                    pod_sandbox_id=pod,
+                    config=env.container_config(f"c{attempt}", ["sleep", "600"]),
+                    sandbox_config=cri_pb2.PodSandboxConfig())
+                try:
+                    created = runtime.CreateContainer(request).container_id
+                except grpc.RpcError as error:
+                    assert_refused_for_space(error, disk,
+                                             f"creating container c{attempt} in pod test/")
+                    outcomes.append(error.details())
+                    listed = runtime.ListContainers(cri_pb2.ListContainersRequest()).containers
+                    assert {c.id for c in listed} == containers
+                    assert set(os.listdir(root / "containers")) == snapshot_dirs
+                    assert runc_containers(env) == in_runc
+                else:
+                    outcomes.append("created")
+                    containers.add(created)
+                    snapshot_dirs = set(os.listdir(root / "containers"))
+                    in_runc = runc_containers(env)
+            pods = {p.id for p in runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest()).items}
+            pod_dirs = set(os.listdir(root / "pods"))
+            namespaces = mounts_under(env.daemon.run_dir)
+            try:
+                more = env.run_pod()
+            except grpc.RpcError as error:
+                assert_refused_for_space(error, disk, "running pod sandbox test/pod-")
+                outcomes.append(error.details())
+                listed = runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest()).items
+                assert {p.id for p in listed} == pods
+                assert set(os.listdir(root / "pods")) == pod_dirs
+                assert mounts_under(env.daemon.run_dir) == namespaces
+            else:
+                outcomes.append("pod ran")
+                env.remove_pod(more)
+            assert_still_serving(env)
+    finally:
+        env.remove_pod(pod)
+
+
+def make_room_in_database(root: Path) -> None:
+    """Leave the daemon's database with free pages and a long WAL to reuse, so that its
+    commits need no new blocks and a full disk first hits the files of a create."""
+    connection = sqlite3.connect(root / "crisp.db")
+    try:
+        with connection:
+            connection.execute("CREATE TABLE padding (data BLOB)")
+            connection.executemany("INSERT INTO padding VALUES (?)",
+                                   [(os.urandom(4096),) for _ in range(1024)])
+        with connection:
+            connection.execute("DROP TABLE padding")
+        connection.execute("PRAGMA wal_checkpoint(RESTART)")
+    finally:
+        connection.close()
+
+
+def snapshot_records(root: Path) -> set[str]:
+    connection = sqlite3.connect(root / "crisp.db")
+    try:
+        return {row[0] for row in connection.execute("SELECT key FROM snapshots")}
+    finally:
+        connection.close()
+
+
+def test_create_container_when_only_the_database_has_room(env: PodsEnv, disk: Path) -> None:
+    root = disk / "root"
+    pod = env.run_pod()
+    runtime = env.daemon.runtime
+    try:
+        make_room_in_database(root)
+        containers = {c.id for c in
+                      runtime.ListContainers(cri_pb2.ListContainersRequest()).containers}
+        snapshots, snapshot_dirs = snapshot_records(root), set(os.listdir(root / "containers"))
+        in_runc = runc_containers(env)
+        request = cri_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod, config=env.container_config("roomy", ["sleep", "600"]),
+            sandbox_config=cri_pb2.PodSandboxConfig())
+        with filled(disk):
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as caught:
+                    runtime.CreateContainer(request)
+                assert_refused_for_space(caught.value, disk, "creating container roomy in pod")
+                listed = runtime.ListContainers(cri_pb2.ListContainersRequest()).containers
+                assert {c.id for c in listed} == containers
+                assert set(os.listdir(root / "containers")) == snapshot_dirs
+                assert snapshot_records(root) == snapshots
+                assert runc_containers(env) == in_runc
+            pods = runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest()).items
+            pod_dirs, namespaces = set(os.listdir(root / "pods")), mounts_under(env.daemon.run_dir)
+            with pytest.raises(grpc.RpcError) as caught:
+                env.run_pod()
+            assert_refused_for_space(caught.value, disk, "running pod sandbox test/pod-")
+            assert runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest()).items == pods
+            assert set(os.listdir(root / "pods")) == pod_dirs
+            assert mounts_under(env.daemon.run_dir) == namespaces
+        assert "OSError: [Errno 28]" in env.daemon.log()  # the files, not the database
+        created = runtime.CreateContainer(request).container_id
+        runtime.StartContainer(cri_pb2.StartContainerRequest(container_id=created))
+        assert env.status(created).status.state == cri_pb2.CONTAINER_RUNNING
+    finally:
+        env.remove_pod(pod)
 
 
 def test_database_commits_on_a_full_disk(disk: Path) -> None:

@@ -219,7 +219,6 @@ class ImageService:
     async def _out_of_space(self, error: BaseException, what: str) -> DiskFull:
         """The error for ``what`` running out of disk, after its leftovers were collected."""
         full = disk_full_from(error, self.root, what)
-        log.warning("%s", full)
         try:
             await self.collect_garbage()  # the blobs and layers of the failed attempt
         except Exception:  # the disk-full answer matters more than the clean-up's failure

@@ -80,7 +80,11 @@ class ErrorInterceptor(BehaviorInterceptor):
         if is_disk_full(error) and not isinstance(error, errors.ResourceExhausted):
             rpc = method.rsplit("/", 1)[-1] or method
             error = disk_full_from(error, self.root_dir, rpc)
-            log.warning("%s", error)
+        if isinstance(error, errors.ResourceExhausted):  # the operator has to act: say so
+            cause = _root_cause(error)
+            log.warning("%s failed: %s%s", method, error,
+                        f" ({type(cause).__name__}: {cause})" if cause is not error else "")
+            await context.abort(status_code(error), str(error))
         if isinstance(error, errors.CrispError):
             log.debug("%s failed: %s", method, error)
             await context.abort(status_code(error), str(error))
@@ -90,3 +94,9 @@ class ErrorInterceptor(BehaviorInterceptor):
             f"crisp failed unexpectedly in {method}: {type(error).__name__}: {error} "
             "(the daemon log has the details)",
         )
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
