@@ -217,13 +217,13 @@ class ImageService:
         await self.collect_garbage()
 
     async def _out_of_space(self, error: BaseException, what: str) -> DiskFull:
-        """The error for ``what`` running out of disk, after its leftovers were collected."""
-        full = disk_full_from(error, self.root, what)
+        """The error for ``what`` running out of disk, after its leftovers were collected
+        (so the free space it reports is what a retry would have)."""
         try:
             await self.collect_garbage()  # the blobs and layers of the failed attempt
         except Exception:  # the disk-full answer matters more than the clean-up's failure
             log.exception("collecting the leftovers of a failed image operation failed")
-        return full
+        return disk_full_from(error, self.root, what)
 
     async def import_archive(self, path: Path, base_name: str = "") -> builtins.list[Image]:
         """Import every image of a docker-save or OCI layout archive at ``path``."""
