@@ -27,9 +27,9 @@ def checkout_env(**extra: str) -> dict[str, str]:
 class CrispDaemon:
     """One `python -m crisp` process, started on demand and always cleaned up by the owner."""
 
-    def __init__(self, base: Path, config: str = ""):
+    def __init__(self, base: Path, config: str = "", root: Path | None = None):
         self.base = base
-        self.root = base / "root"
+        self.root = root or base / "root"
         self.run_dir = base / "run"
         self.socket = self.run_dir / "crisp.sock"
         self.config_path = base / "crisp.toml"

@@ -138,8 +138,13 @@ def daemon_config(base: Path, registry_host: str, extra: str = "",
 
 @contextlib.contextmanager
 def pods_environment(base: Path, extra_config: str = "",
-                     infra_container: bool = False) -> Iterator[PodsEnv]:
-    """A registry with the test images and a crisp daemon that has pulled them."""
+                     infra_container: bool = False, root: Path | None = None,
+                     ) -> Iterator[PodsEnv]:
+    """A registry with the test images and a crisp daemon that has pulled them.
+
+    ``root`` puts the daemon's root_dir somewhere else than under ``base`` (a small
+    filesystem, say); the caller then checks for mounts left under it.
+    """
     bridge_existed = _link_exists(BRIDGE)
     with running_registry() as registry:
         push_image(registry.url, "test/busybox", "latest", busybox_image())
@@ -150,7 +155,7 @@ def pods_environment(base: Path, extra_config: str = "",
                                              stop_signal="SIGUSR1")))
         (base / "net.d").mkdir(parents=True, exist_ok=True)
         daemon = CrispDaemon(base, daemon_config(base, registry.host, extra_config,
-                                                 infra_container))
+                                                 infra_container), root=root)
         env = PodsEnv(daemon=daemon, busybox=f"{registry.host}/test/busybox:latest",
                       pause=f"{registry.host}/test/pause:latest",
                       sleeper=f"{registry.host}/test/sleeper:latest", logs=base / "logs",

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from crisp.diskspace import disk_full_from, is_disk_full
 from crisp.durable import write_atomic
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
 from crisp.filemodes import public_dir
@@ -98,8 +99,14 @@ class ContainerManager:
             async with store.lock(container_id):
                 container = await self.build(sandbox, config, image, backend, container_id,
                                              unique, infra=False)
-        except BaseException:
+        except BaseException as error:
             store.release("ctr", unique, container_id)
+            if is_disk_full(error):  # rolled back by build; say so for this container
+                meta = sandbox.config.metadata
+                raise disk_full_from(
+                    error, self.ctx.layout.root_dir,
+                    f"creating container {config.metadata.name} in pod "
+                    f"{meta.namespace}/{meta.name}") from error
             raise
         self.publish(container, EventKind.CREATED)
         return container

@@ -77,7 +77,7 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
         metrics.serve(metrics_config.address, metrics_config.port)
         interceptors.append(MetricsInterceptor(metrics))
     # Outermost first: metrics see every call, errors map what the request check refuses.
-    interceptors += [ErrorInterceptor(), RequestCheckInterceptor()]
+    interceptors += [ErrorInterceptor(live.current.root_dir), RequestCheckInterceptor()]
 
     server = grpc.aio.server(
         interceptors=interceptors,

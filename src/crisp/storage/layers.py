@@ -119,12 +119,17 @@ class LayerStore:
     ) -> LayerInfo:
         result = await asyncio.to_thread(self._unpack_blocking, chain_id, diff_id, blob)
         info = LayerInfo(chain_id, parent, diff_id, result[0], result[1])
-        await self.records.put(
-            chain_id,
-            {"chain_id": chain_id, "parent": parent, "diff_id": diff_id,
-             "size": info.size, "inodes": info.inodes},
-            parent=parent,
-        )
+        try:
+            await self.records.put(
+                chain_id,
+                {"chain_id": chain_id, "parent": parent, "diff_id": diff_id,
+                 "size": info.size, "inodes": info.inodes},
+                parent=parent,
+            )
+        except BaseException:
+            # no record (a full disk, say): the directory would be an orphan taking space
+            await asyncio.shield(asyncio.to_thread(self._remove_files, chain_id))
+            raise
         return info
 
     def _unpack_blocking(self, chain_id: str, diff_id: str, blob: Path) -> tuple[int, int]:
@@ -142,12 +147,16 @@ class LayerStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         link = self.link(chain_id)
-        if not link.is_symlink():
-            tmp_link = self.links / f".{link.name}.tmp"
-            tmp_link.unlink(missing_ok=True)
-            tmp_link.symlink_to(f"../{final.name}/diff")
-            os.rename(tmp_link, link)
-        fsync_dir(self.root)
+        try:
+            if not link.is_symlink():
+                tmp_link = self.links / f".{link.name}.tmp"
+                tmp_link.unlink(missing_ok=True)
+                tmp_link.symlink_to(f"../{final.name}/diff")
+                os.rename(tmp_link, link)
+            fsync_dir(self.root)
+        except BaseException:
+            self._remove_files(chain_id)
+            raise
         return result.size, result.inodes
 
     async def remove(self, chain_id: str) -> None:
