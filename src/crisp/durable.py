@@ -9,8 +9,12 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary file, fsync it, rename it over ``path`` and fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    """Write to a temporary file, fsync it, rename it over ``path`` and fsync the directory.
+
+    ``mode`` is the file's, exactly; missing parent directories get the process umask's
+    (private in the daemon), so a caller whose file must be reachable creates them itself.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)

@@ -33,6 +33,10 @@ class DeadlineExceeded(CrispError):
     """The operation ran out of the time it was given (DEADLINE_EXCEEDED)."""
 
 
+class ResourceExhausted(CrispError):
+    """The host ran out of something crisp needs, such as disk space (RESOURCE_EXHAUSTED)."""
+
+
 class Unavailable(CrispError):
     """A registry, plugin or other outside party could not be reached (UNAVAILABLE)."""
 

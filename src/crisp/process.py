@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from crisp.filemodes import CHILD_UMASK
+
 
 @dataclass(frozen=True)
 class Completed:
@@ -32,7 +34,8 @@ async def run_program(
 ) -> Completed:
     """Run ``argv`` and wait for it; TimeoutError (the program killed) after ``time_limit`` s.
 
-    OSError means the program could not be started at all.
+    OSError means the program could not be started at all. The program runs under the
+    usual umask, not the daemon's private one: what it creates may be a container's.
     """
     process = await asyncio.create_subprocess_exec(
         *argv,
@@ -41,6 +44,7 @@ async def run_program(
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=cwd,
+        umask=CHILD_UMASK,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(stdin), time_limit)

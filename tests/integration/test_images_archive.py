@@ -63,7 +63,7 @@ class Daemon:
         self.images = ImageService(LiveConfig(Config(root_dir=str(self.root)), None), self.db,
                                    self.root)
         await self.images.start()
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor(self.root)])
         cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), self.server)
         crisp_images_pb2_grpc.add_ImagesServicer_to_server(CrispImagesServicer(self.images),
                                                            self.server)

@@ -198,7 +198,7 @@ async def test_filesystem_usage(service: ImageService, images: Images) -> None:
 async def cri(
     service: ImageService, tmp_path: Path
 ) -> AsyncIterator[cri_pb2_grpc.ImageServiceStub]:
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(service.root)])
     cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(service), server)
     socket = tmp_path / "crisp.sock"
     server.add_insecure_port(f"unix://{socket}")

@@ -17,7 +17,13 @@ import grpc
 import pytest
 
 from crisp.api import cri_pb2
-from tests.support.pods import PodsEnv, conmon_pids, mounts_under, pods_environment
+from tests.support.pods import (
+    PodsEnv,
+    assert_no_leaks,
+    known_ids,
+    mounts_under,
+    pods_environment,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,42 +51,6 @@ def crash_inside(env: PodsEnv, failpoint: str, operation: Callable[[], object]) 
     daemon.process.wait(timeout=10)
     daemon.kill()  # closes the channel
     daemon.start()
-
-
-def known_ids(env: PodsEnv) -> tuple[set[str], set[str], set[str]]:
-    """(pod ids, container ids, ids of containers that should have a live conmon)."""
-    pods = {p.id for p in env.runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest()).items}
-    containers = env.runtime.ListContainers(cri_pb2.ListContainersRequest()).containers
-    live = {c.id for c in containers
-            if c.state in (cri_pb2.CONTAINER_CREATED, cri_pb2.CONTAINER_RUNNING)}
-    for pod_id in pods:
-        info = json.loads(env.runtime.PodSandboxStatus(cri_pb2.PodSandboxStatusRequest(
-            pod_sandbox_id=pod_id, verbose=True)).info["info"])
-        if info["infraContainerID"] and info["pid"]:
-            live.add(info["infraContainerID"])
-    return pods, {c.id for c in containers}, live
-
-
-def assert_no_leaks(env: PodsEnv) -> None:
-    base = env.daemon.base
-    pods, containers, live = known_ids(env)
-    everything = pods | containers | live
-    monitored = set()
-    for pid in conmon_pids(base):
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        monitored.add(args[args.index(b"--cid") + 1].decode())
-    assert monitored == live
-    runtime_root = base / "run" / "runtimes" / "runc"
-    runc_ids = {p.name for p in runtime_root.iterdir()} if runtime_root.exists() else set()
-    assert runc_ids <= everything
-    for point in mounts_under(base):
-        assert any(i in point for i in everything), f"stray mount {point}"
-    for directory in (base / "run" / "containers", base / "root" / "containers"):
-        if directory.exists():
-            assert {p.name for p in directory.iterdir()} <= everything, directory
-    for directory in (base / "run" / "pods", base / "root" / "pods"):
-        if directory.exists():
-            assert {p.name for p in directory.iterdir()} <= pods, directory
 
 
 def test_containers_survive_a_crash_and_exits_during_it_are_recorded(env: PodsEnv) -> None:

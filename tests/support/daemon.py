@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from crisp.api import cri_pb2, cri_pb2_grpc
+from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2_grpc
 
 START_TIMEOUT = 20.0
 # Daemons run this checkout's code, whichever crisp happens to be installed.
@@ -27,9 +27,9 @@ def checkout_env(**extra: str) -> dict[str, str]:
 class CrispDaemon:
     """One `python -m crisp` process, started on demand and always cleaned up by the owner."""
 
-    def __init__(self, base: Path, config: str = ""):
+    def __init__(self, base: Path, config: str = "", root: Path | None = None):
         self.base = base
-        self.root = base / "root"
+        self.root = root or base / "root"
         self.run_dir = base / "run"
         self.socket = self.run_dir / "crisp.sock"
         self.config_path = base / "crisp.toml"
@@ -120,6 +120,11 @@ class CrispDaemon:
     @property
     def images(self) -> Any:
         return cri_pb2_grpc.ImageServiceStub(self.channel)
+
+    @property
+    def crisp_images(self) -> Any:
+        """crisp's own image extension service (import, export, pull progress)."""
+        return crisp_images_pb2_grpc.ImagesStub(self.channel)
 
     def _close_channel(self) -> None:
         if self._channel is not None:

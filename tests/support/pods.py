@@ -9,6 +9,7 @@ even if a test failed halfway: conmon processes, runc containers, mounts and the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ class PodsEnv:
     pause: str
     sleeper: str  # image whose entrypoint sleeps and whose StopSignal is SIGUSR1
     logs: Path
+    registry: str  # the test registry's URL, for tests that push images of their own
 
     @property
     def runtime(self) -> Any:
@@ -136,8 +138,13 @@ def daemon_config(base: Path, registry_host: str, extra: str = "",
 
 @contextlib.contextmanager
 def pods_environment(base: Path, extra_config: str = "",
-                     infra_container: bool = False) -> Iterator[PodsEnv]:
-    """A registry with the test images and a crisp daemon that has pulled them."""
+                     infra_container: bool = False, root: Path | None = None,
+                     ) -> Iterator[PodsEnv]:
+    """A registry with the test images and a crisp daemon that has pulled them.
+
+    ``root`` puts the daemon's root_dir somewhere else than under ``base`` (a small
+    filesystem, say); the caller then checks for mounts left under it.
+    """
     bridge_existed = _link_exists(BRIDGE)
     with running_registry() as registry:
         push_image(registry.url, "test/busybox", "latest", busybox_image())
@@ -148,10 +155,11 @@ def pods_environment(base: Path, extra_config: str = "",
                                              stop_signal="SIGUSR1")))
         (base / "net.d").mkdir(parents=True, exist_ok=True)
         daemon = CrispDaemon(base, daemon_config(base, registry.host, extra_config,
-                                                 infra_container))
+                                                 infra_container), root=root)
         env = PodsEnv(daemon=daemon, busybox=f"{registry.host}/test/busybox:latest",
                       pause=f"{registry.host}/test/pause:latest",
-                      sleeper=f"{registry.host}/test/sleeper:latest", logs=base / "logs")
+                      sleeper=f"{registry.host}/test/sleeper:latest", logs=base / "logs",
+                      registry=registry.url)
         try:
             daemon.start()
             for image in (env.busybox, env.pause, env.sleeper):
@@ -229,3 +237,46 @@ def conmon_pids(base: Path) -> list[int]:
         if cmdline and cmdline[0].endswith(b"conmon") and str(base).encode() in b" ".join(cmdline):
             pids.append(pid)
     return pids
+
+
+def known_ids(env: PodsEnv) -> tuple[set[str], set[str], set[str]]:
+    """(pod ids, container ids, ids of containers that should have a live conmon)."""
+    pods = {p.id for p in env.runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest()).items}
+    containers = env.runtime.ListContainers(cri_pb2.ListContainersRequest()).containers
+    live = {c.id for c in containers
+            if c.state in (cri_pb2.CONTAINER_CREATED, cri_pb2.CONTAINER_RUNNING)}
+    for pod_id in pods:
+        info = json.loads(env.runtime.PodSandboxStatus(cri_pb2.PodSandboxStatusRequest(
+            pod_sandbox_id=pod_id, verbose=True)).info["info"])
+        if info["infraContainerID"] and info["pid"]:
+            live.add(info["infraContainerID"])
+    return pods, {c.id for c in containers}, live
+
+
+def assert_no_leaks(env: PodsEnv) -> None:
+    """Everything of crisp's in the world belongs to an object CRI lists: conmon processes,
+    runc containers, mounts (rootfs, shm, namespace pins), state dirs and pod IPs."""
+    base = env.daemon.base
+    pods, containers, live = known_ids(env)
+    everything = pods | containers | live
+    monitored = set()
+    for pid in conmon_pids(base):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        monitored.add(args[args.index(b"--cid") + 1].decode())
+    assert monitored == live
+    runtime_root = base / "run" / "runtimes" / "runc"
+    runc_ids = {p.name for p in runtime_root.iterdir()} if runtime_root.exists() else set()
+    assert runc_ids <= everything
+    for point in mounts_under(base):
+        assert any(i in point for i in everything), f"stray mount {point}"
+    for directory in (base / "run" / "containers", base / "root" / "containers"):
+        if directory.exists():
+            assert {p.name for p in directory.iterdir()} <= everything, directory
+    for directory in (base / "run" / "pods", base / "root" / "pods"):
+        if directory.exists():
+            assert {p.name for p in directory.iterdir()} <= pods, directory
+    ipam = base / "root" / "network" / "ipam"
+    for lease in ipam.glob("*/*") if ipam.exists() else []:
+        if lease.name[0].isdigit() or ":" in lease.name:  # an address, not lock or last_reserved
+            owner = lease.read_text().split()[0]
+            assert owner in pods, f"address {lease.name} is held by {owner}, not a listed pod"

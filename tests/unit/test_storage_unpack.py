@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from crisp.filemodes import DAEMON_UMASK
 from crisp.storage.unpack import OPAQUE_XATTR, UnsafeLayer, unpack_layer
 from tests.support.image_builder import MTIME, LayerBuilder, make_layer
 
@@ -62,6 +63,27 @@ def test_files_keep_content_and_metadata(tmp_path: Path, compression: str) -> No
     assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1
     assert stat.S_ISBLK((root / "dev" / "loop0").lstat().st_mode)
     assert stat.S_ISFIFO((root / "run" / "pipe").lstat().st_mode)
+
+
+def test_modes_are_the_archive_s_under_the_daemon_s_private_umask(tmp_path: Path) -> None:
+    """The daemon runs under umask 077; a layer must unpack as it would under any umask."""
+    layer = (LayerBuilder()
+             .file("usr/lib/implied/data", "x", mode=0o644)  # parents only implied
+             .dir("opt", mode=0o755)
+             .file("opt/tool", b"x", mode=0o755)
+             .device("dev/null", 1, 3, mode=0o666)
+             .fifo("run/pipe", mode=0o644))
+    previous = os.umask(DAEMON_UMASK)
+    try:
+        root = unpack(tmp_path, layer, "none")
+    finally:
+        os.umask(previous)
+    modes = {path: stat.S_IMODE((root / path).lstat().st_mode)
+             for path in ("usr", "usr/lib", "usr/lib/implied", "usr/lib/implied/data", "opt",
+                          "opt/tool", "dev", "dev/null", "run/pipe")}
+    assert modes == {"usr": 0o755, "usr/lib": 0o755, "usr/lib/implied": 0o755,
+                     "usr/lib/implied/data": 0o644, "opt": 0o755, "opt/tool": 0o755,
+                     "dev": 0o755, "dev/null": 0o666, "run/pipe": 0o644}
 
 
 def test_whiteouts_become_overlay_whiteouts(tmp_path: Path) -> None:
@@ -180,3 +202,15 @@ def test_root_entry_and_mtime_default(tmp_path: Path) -> None:
         archive.addfile(info, io.BytesIO(b""))
     root = unpack(tmp_path, out.getvalue(), "none")
     assert (root / "file").exists()
+
+
+@pytest.mark.parametrize(("layer", "reason"), [
+    (LayerBuilder().file("n" * 300, "x"), "File name too long"),
+    (LayerBuilder().file("/".join(["d" * 200] * 21) + "/f", "x"), "File name too long"),
+    (LayerBuilder().file("f", "x", xattrs={"security.capability": "not a capability"}),
+     "Invalid argument"),
+])
+def test_entries_the_kernel_refuses_are_refused_as_unsafe_layers(
+        tmp_path: Path, layer: LayerBuilder, reason: str) -> None:
+    with pytest.raises(UnsafeLayer, match=f"layer entry .* cannot be unpacked: {reason}"):
+        unpack(tmp_path, layer)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from crisp.cgroups.files import read_int, read_text
+from crisp.cgroups.files import gone_as_not_found, read_int, read_text
 from crisp.cgroups.host import CgroupHost
 from crisp.cgroups.processes import (
     ProcessTotals,
@@ -318,6 +318,12 @@ def read_accounting(host: CgroupHost, cgroup: str, init_pid: int = 0) -> CgroupA
     directory = _pids_dir(host, cgroup)
     if directory is None:
         raise NotFound(f"cgroup {cgroup} does not exist on this host")
+    with gone_as_not_found(cgroup):
+        return _read_accounting(host, cgroup, directory, init_pid)
+
+
+def _read_accounting(host: CgroupHost, cgroup: str, directory: Path,
+                     init_pid: int) -> CgroupAccounting:
     pids_dir = host.controller_dir("pids", cgroup)
     reading = CgroupAccounting(
         timestamp_ns=time.time_ns(),

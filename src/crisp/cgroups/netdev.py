@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+from crisp.cgroups.files import read_text
 from crisp.errors import DeadlineExceeded, NotFound, RuntimeFailure
 from crisp.process import run_program
 
@@ -61,10 +62,10 @@ def parse_net_dev(text: str) -> list[InterfaceStats]:
 
 
 def _read_pid_net_dev(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/net/dev").read_text()
-    except (FileNotFoundError, ProcessLookupError) as error:
-        raise NotFound(f"process {pid} is gone, so its network namespace cannot be read") from error
+    text = read_text(f"/proc/{pid}/net/dev")
+    if text is None:
+        raise NotFound(f"process {pid} is gone, so its network namespace cannot be read")
+    return text
 
 
 async def interfaces_of_pid(pid: int) -> list[InterfaceStats]:

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from crisp.cgroups.files import list_entries, procs_files, read_text
+
 PROC = "/proc"
 
 
@@ -27,28 +29,18 @@ class ProcessTotals:
 def cgroup_pids(directory: Path) -> list[int]:
     """Pids in ``directory`` (a cgroup directory) and every cgroup below it."""
     pids: list[int] = []
-    for procs in directory.rglob("cgroup.procs"):
-        try:
-            pids.extend(int(pid) for pid in procs.read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
+    for procs in procs_files(directory):
+        pids.extend(int(pid) for pid in (read_text(procs) or "").split())
     return pids
-
-
-def _entries(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return []
 
 
 def process_totals(pids: list[int], proc: str = PROC) -> ProcessTotals:
     """Threads (/proc/PID/task), fds (/proc/PID/fd) and sockets among those fds."""
     threads = fds = sockets = 0
     for pid in pids:
-        threads += len(_entries(f"{proc}/{pid}/task"))
+        threads += len(list_entries(f"{proc}/{pid}/task"))
         fd_dir = f"{proc}/{pid}/fd"
-        for fd in _entries(fd_dir):
+        for fd in list_entries(fd_dir):
             fds += 1
             try:
                 target = os.readlink(f"{fd_dir}/{fd}")
@@ -61,11 +53,8 @@ def process_totals(pids: list[int], proc: str = PROC) -> ProcessTotals:
 
 def open_files_soft_limit(pid: int, proc: str = PROC) -> int | None:
     """The soft RLIMIT_NOFILE of ``pid`` (from /proc/PID/limits); 0 means unlimited."""
-    try:
-        text = Path(proc, str(pid), "limits").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return parse_open_files_soft_limit(text)
+    text = read_text(Path(proc, str(pid), "limits"))
+    return None if text is None else parse_open_files_soft_limit(text)
 
 
 def parse_open_files_soft_limit(text: str) -> int | None:

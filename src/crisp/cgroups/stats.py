@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from crisp.cgroups.files import read_int, read_text
+from crisp.cgroups.files import gone_as_not_found, procs_files, read_int, read_text
 from crisp.cgroups.host import CgroupHost
 from crisp.errors import NotFound
 
@@ -175,10 +175,7 @@ def _process_count(host: CgroupHost, cgroup: str) -> int | None:
             break
     else:
         return None
-    total = 0
-    for procs in directory.rglob("cgroup.procs"):
-        total += len((read_text(procs) or "").split())
-    return total
+    return sum(len((read_text(procs) or "").split()) for procs in procs_files(directory))
 
 
 def read_stats(host: CgroupHost, cgroup: str) -> ContainerCgroupStats:
@@ -189,6 +186,11 @@ def read_stats(host: CgroupHost, cgroup: str) -> ContainerCgroupStats:
     """
     if not _exists(host, cgroup):
         raise NotFound(f"cgroup {cgroup} does not exist on this host")
+    with gone_as_not_found(cgroup):
+        return _read_stats(host, cgroup)
+
+
+def _read_stats(host: CgroupHost, cgroup: str) -> ContainerCgroupStats:
     timestamp_ns = time.time_ns()
     monotonic_ns = time.monotonic_ns()
     cpu = _cpu_usage(host, cgroup)

@@ -198,6 +198,10 @@ def _check(config: Config) -> list[tuple[str, str]]:
     ]:
         if not 0 <= port <= 65535:
             problems.append((key, f"must be a port number from 0 to 65535, not {port}"))
+    if config.streaming.token_ttl <= 0:
+        problems.append(("streaming.token_ttl", "must be more than 0 seconds"))
+    if config.streaming.tls_key_file and not config.streaming.tls_cert_file:
+        problems.append(("streaming.tls_key_file", "needs streaming.tls_cert_file too"))
     if config.images.max_concurrent_downloads < 1:
         problems.append(("images.max_concurrent_downloads", "must be at least 1"))
     for key, seconds in [

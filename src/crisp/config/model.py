@@ -136,6 +136,13 @@ class StreamingConfig:
 
     address: str = option("127.0.0.1", "Address the streaming server listens on.")
     port: int = option(0, "Port of the streaming server; 0 picks a free one.")
+    token_ttl: float = option(
+        60.0, "Seconds a streaming URL stays valid before its client must connect."
+    )
+    tls_cert_file: str = option(
+        "", "PEM certificate for HTTPS streaming; empty serves plain HTTP."
+    )
+    tls_key_file: str = option("", "PEM private key of tls_cert_file (if not in that file).")
 
 
 @dataclass(frozen=True)

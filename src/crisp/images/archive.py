@@ -34,6 +34,7 @@ from crisp.images.manifest import (
     Manifest,
     host_platform,
     media_type_of,
+    parse_descriptor,
     parse_manifest,
     select_platform,
 )
@@ -134,16 +135,21 @@ def _store(archive: _Archive, content: ContentStore, digest: str, size: int | No
 
 
 def _read_oci(archive: _Archive, content: ContentStore, base_name: str) -> list[ImportedManifest]:
-    index = json.loads(archive.read("index.json"))
+    index = _json(archive, "index.json")
+    entries = index.get("manifests", []) if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        raise InvalidArgument("index.json of the OCI layout is not an object with a manifests list")
     results = []
-    for entry in index.get("manifests", []):
-        annotations = entry.get("annotations") or {}
+    for number, entry in enumerate(entries):
+        descriptor = parse_descriptor(entry, f"index.json manifests[{number}]")
+        annotations = entry.get("annotations")
+        annotations = annotations if isinstance(annotations, dict) else {}
         raw_name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME, "")
-        name = _normalize_name(raw_name, base_name)
-        digest, size = entry["digest"], int(entry["size"])
+        name = _normalize_name(raw_name if isinstance(raw_name, str) else "", base_name)
+        digest, size = descriptor.digest, descriptor.size
         _store(archive, content, digest, size)
         data = content.path(digest).read_bytes()
-        media_type = entry.get("mediaType") or media_type_of(data, None)
+        media_type = descriptor.media_type or media_type_of(data, None)
         document = parse_manifest(data, media_type)
         index_digest = None
         if isinstance(document, Index):
@@ -173,15 +179,21 @@ def _layer_media_type(head: bytes) -> str:
 
 def _read_docker(archive: _Archive, content: ContentStore,
                  base_name: str) -> list[ImportedManifest]:
-    entries = json.loads(archive.read("manifest.json"))
+    entries = _json(archive, "manifest.json")
     if not isinstance(entries, list):
         raise InvalidArgument("manifest.json of the docker-save archive is not a list")
     results = []
-    for entry in entries:
-        config_data = archive.read(entry["Config"])
+    for number, entry in enumerate(entries):
+        what = f"manifest.json entry {number}"
+        if not isinstance(entry, dict):
+            raise InvalidArgument(f"{what} is not an object")
+        config_path = entry.get("Config")
+        if not isinstance(config_path, str) or not config_path:
+            raise InvalidArgument(f"{what} has no Config (the path of the image config)")
+        config_data = archive.read(config_path)
         config_digest, config_size = content.put_file_blocking(io.BytesIO(config_data))
         layers = []
-        for layer_path in entry.get("Layers") or []:
+        for layer_path in _strings(entry, "Layers", what):
             head = archive.open(layer_path).read(4)
             digest, size = content.put_file_blocking(archive.open(layer_path))
             layers.append(Descriptor(_layer_media_type(head), digest, size))
@@ -189,11 +201,25 @@ def _read_docker(archive: _Archive, content: ContentStore,
                             layers)
         manifest_data = _manifest_bytes(manifest)
         manifest_digest, _ = content.put_file_blocking(io.BytesIO(manifest_data))
-        names = [n for n in (_normalize_name(t, base_name) for t in entry.get("RepoTags") or [])
-                 if n]
+        names = [n for n in (_normalize_name(t, base_name)
+                             for t in _strings(entry, "RepoTags", what)) if n]
         results.append(ImportedManifest(names, manifest_digest, DOCKER_MANIFEST, manifest, None,
                                         len(manifest_data)))
     return results
+
+
+def _json(archive: _Archive, name: str) -> Any:
+    try:
+        return json.loads(archive.read(name))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidArgument(f"{name} in the archive is not valid JSON: {error}") from error
+
+
+def _strings(entry: dict[str, Any], key: str, what: str) -> list[str]:
+    values = entry.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidArgument(f"{what}: {key} must be a list of strings")
+    return values
 
 
 def _manifest_bytes(manifest: Manifest) -> bytes:

@@ -125,7 +125,7 @@ def _load_json(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def _descriptor(raw: Any, what: str) -> Descriptor:
+def parse_descriptor(raw: Any, what: str) -> Descriptor:
     if not isinstance(raw, dict):
         raise InvalidArgument(f"{what} is not a descriptor object")
     try:
@@ -169,15 +169,15 @@ def parse_manifest(data: bytes, media_type: str) -> Manifest | Index:
         entries = doc.get("manifests")
         if not isinstance(entries, list):
             raise InvalidArgument("image index has no list of manifests")
-        return Index(media_type, [_descriptor(e, "index entry") for e in entries])
+        return Index(media_type, [parse_descriptor(e, "index entry") for e in entries])
     if media_type in MANIFEST_TYPES:
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise InvalidArgument("image manifest has no list of layers")
         manifest = Manifest(
             media_type,
-            _descriptor(doc.get("config"), "manifest config"),
-            [_descriptor(layer, "manifest layer") for layer in layers],
+            parse_descriptor(doc.get("config"), "manifest config"),
+            [parse_descriptor(layer, "manifest layer") for layer in layers],
         )
         for layer in manifest.layers:
             if layer.media_type not in LAYER_TYPES:

@@ -2,6 +2,8 @@
 
 It ties the registry client, the content store, the layer store and the image records
 together, serializes work on one image name, and keeps pulls and garbage collection apart.
+A pull or import that fills the disk is answered with RESOURCE_EXHAUSTED after what it stored
+(blobs, layers) is collected again, so a failed attempt gives its space back at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.config import LiveConfig
+from crisp.diskspace import DiskFull, disk_full_from, is_disk_full
 from crisp.errors import InvalidArgument, NotFound, Unavailable
 from crisp.images import archive
 from crisp.images.auth import Credentials
@@ -123,16 +126,21 @@ class ImageService:
         return await self._pull(candidates[-1], auth)
 
     async def _pull(self, ref: Reference, auth: Credentials | None) -> Image:
-        async with self._lock(str(ref)), self.gate.pulling():
-            image = await self.puller.pull(ref, auth)
-            existing = await self.store.get(image.id)
-            if existing is not None:
-                # the same config reached through another manifest: keep both manifests
-                image.extra_blobs = sorted(existing.blobs() - image.blobs())
-            names = [ref.with_digest(image.index_digest or image.manifest_digest)]
-            if ref.tag:
-                names.append(f"{ref.name}:{ref.tag}")
-            await self.store.save(image, names)
+        try:
+            async with self._lock(str(ref)), self.gate.pulling():
+                image = await self.puller.pull(ref, auth)
+                existing = await self.store.get(image.id)
+                if existing is not None:
+                    # the same config reached through another manifest: keep both manifests
+                    image.extra_blobs = sorted(existing.blobs() - image.blobs())
+                names = [ref.with_digest(image.index_digest or image.manifest_digest)]
+                if ref.tag:
+                    names.append(f"{ref.name}:{ref.tag}")
+                await self.store.save(image, names)
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            raise await self._out_of_space(error, f"pulling {ref}") from error
         log.info("pulled %s as %s", ref, image.id)
         self._usage = None
         return await self.resolve(image.id)
@@ -208,17 +216,32 @@ class ImageService:
         log.info("removed image %s (asked as %s)", image_id, reference)
         await self.collect_garbage()
 
+    async def _out_of_space(self, error: BaseException, what: str) -> DiskFull:
+        """The error for ``what`` running out of disk, after its leftovers were collected
+        (so the free space it reports is what a retry would have)."""
+        try:
+            await self.collect_garbage()  # the blobs and layers of the failed attempt
+        except Exception:  # the disk-full answer matters more than the clean-up's failure
+            log.exception("collecting the leftovers of a failed image operation failed")
+        return disk_full_from(error, self.root, what)
+
     async def import_archive(self, path: Path, base_name: str = "") -> builtins.list[Image]:
         """Import every image of a docker-save or OCI layout archive at ``path``."""
         if base_name:
             parse_reference(base_name)
-        async with self.gate.pulling():
-            found = await asyncio.to_thread(archive.read_archive, path, self.content, base_name)
-            images = []
-            for entry in found:
-                images.append(await self._record(
-                    entry.manifest, entry.manifest_digest, entry.manifest_media_type,
-                    entry.manifest_size, entry.index_digest, entry.names))
+        try:
+            async with self.gate.pulling():
+                found = await asyncio.to_thread(archive.read_archive, path, self.content,
+                                                base_name)
+                images = []
+                for entry in found:
+                    images.append(await self._record(
+                        entry.manifest, entry.manifest_digest, entry.manifest_media_type,
+                        entry.manifest_size, entry.index_digest, entry.names))
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            raise await self._out_of_space(error, "importing an image archive") from error
         self._usage = None
         return [await self.resolve(image.id) for image in images]
 
@@ -227,11 +250,17 @@ class ImageService:
         reference = parse_reference(name)
         if reference.digest:
             raise InvalidArgument(f"an imported image is named by a tag, not a digest: {name!r}")
-        async with self.gate.pulling():
-            built = await asyncio.to_thread(archive.build_rootfs_image, tar_path, self.content)
-            image = await self._record(built.manifest, built.manifest_digest,
-                                       built.manifest.media_type, built.manifest_size, None,
-                                       [str(reference)])
+        try:
+            async with self.gate.pulling():
+                built = await asyncio.to_thread(archive.build_rootfs_image, tar_path,
+                                                self.content)
+                image = await self._record(built.manifest, built.manifest_digest,
+                                           built.manifest.media_type, built.manifest_size,
+                                           None, [str(reference)])
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            raise await self._out_of_space(error, f"importing {reference}") from error
         self._usage = None
         return await self.resolve(image.id)
 
@@ -293,9 +322,15 @@ class ImageService:
             parse_reference(rootfs_name)  # refuse a bad name before receiving the data
         spool = await asyncio.to_thread(self.content.temp_path, "import-")
         try:
-            with await asyncio.to_thread(open, spool, "wb") as out:
-                async for chunk in chunks:
-                    await asyncio.to_thread(out.write, chunk)
+            try:
+                with await asyncio.to_thread(open, spool, "wb") as out:
+                    async for chunk in chunks:
+                        await asyncio.to_thread(out.write, chunk)
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                what = f"importing {rootfs_name}" if rootfs_name else "importing an image archive"
+                raise disk_full_from(error, spool, what) from error
             if rootfs_name:
                 return [await self.import_rootfs(spool, rootfs_name)]
             return await self.import_archive(spool, base_name)

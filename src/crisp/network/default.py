@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.durable import write_atomic
+from crisp.filemodes import public_dir
 from crisp.network.discovery import config_files
 
 DEFAULT_CONFIG_NAME = "99-crisp-default.conflist"
@@ -65,6 +66,9 @@ def ensure_default(conf_dir: Path, subnets: Sequence[str], ipam_dir: str) -> boo
     path = conf_dir / DEFAULT_CONFIG_NAME
     existing = config_files(conf_dir)
     if not existing:
+        if not conf_dir.is_dir():
+            # A conf dir crisp makes is public, as /etc/cni/net.d: other node tools read it.
+            public_dir(conf_dir)
         write_atomic(path, wanted)
         return True
     if path not in existing:

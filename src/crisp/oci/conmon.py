@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.errors import FailedPrecondition, RuntimeFailure
+from crisp.filemodes import CHILD_UMASK
 from crisp.oci.runtime import OCIRuntime
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ class Conmon:
                     env=env,
                     pass_fds=(write_end,),
                     cwd=str(files.bundle),
+                    # runc inherits it: the container's mount points, /dev and its own
+                    # processes get the usual umask, not the daemon's private one.
+                    umask=CHILD_UMASK,
                 )
             finally:
                 os.close(monitor_log)

@@ -20,8 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from crisp.diskspace import disk_full_from, is_disk_full
 from crisp.durable import write_atomic
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
+from crisp.filemodes import public_dir
 from crisp.oci.backend import RuntimeBackend
 from crisp.oci.conmon import MonitorOptions, read_exit_code
 from crisp.oci.security import plan_security
@@ -98,8 +100,14 @@ class ContainerManager:
             async with store.lock(container_id):
                 container = await self.build(sandbox, config, image, backend, container_id,
                                              unique, infra=False)
-        except BaseException:
+        except BaseException as error:
             store.release("ctr", unique, container_id)
+            if is_disk_full(error):  # rolled back by build; say so for this container
+                meta = sandbox.config.metadata
+                raise disk_full_from(
+                    error, self.ctx.layout.root_dir,
+                    f"creating container {config.metadata.name} in pod "
+                    f"{meta.namespace}/{meta.name}") from error
             raise
         self.publish(container, EventKind.CREATED)
         return container
@@ -143,6 +151,7 @@ class ContainerManager:
             ))
             log_path = _log_path(sandbox, config)
             conmon_log = log_path or str(files.bundle / OUTPUT_LOG)
+            await asyncio.to_thread(_create_mount_sources, config)
             await asyncio.to_thread(_write_bundle, files.bundle, spec, log_path,
                                     sandbox.config.log_directory)
             await ctx.journal.advance(operation, "monitor")
@@ -501,6 +510,12 @@ def _validate(config: ContainerConfig) -> None:
         raise InvalidArgument("container metadata.name is required")
     if not config.image:
         raise InvalidArgument(f"container {config.metadata.name!r} names no image")
+    for mount in config.mounts:
+        if (mount.host_path and not posixpath.isabs(mount.host_path)) or "\0" in mount.host_path:
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: host_path {mount.host_path!r} must be "
+                "an absolute path on the node, without NUL"
+            )
 
 
 def _log_path(sandbox: Sandbox, config: ContainerConfig) -> str:
@@ -531,6 +546,25 @@ def _prepare_log(log_path: Path, log_directory: str) -> None:
             f"{log_directory!r} through a symbolic link"
         )
     log_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _create_mount_sources(config: ContainerConfig) -> None:
+    """Create the missing host directory of each bind mount, as containerd does.
+
+    0755, each parent it needs too: the container's processes, whatever their user, must
+    reach what they are given, and the daemon's own umask would make it root's alone.
+    """
+    for mount in config.mounts:
+        source = mount.host_path  # absolute and without NUL: checked by _validate
+        if not source or os.path.lexists(source):
+            continue
+        try:
+            public_dir(Path(source))
+        except OSError as error:
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: host_path {source!r} does not exist and "
+                f"cannot be created: {error.strerror}"
+            ) from None
 
 
 def _write_bundle(bundle: Path, spec: dict[str, Any], log_path: str, log_directory: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from crisp.durable import write_atomic
 from crisp.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RuntimeFailure
+from crisp.filemodes import CHILD_UMASK
 from crisp.oci.runtime import OCIRuntime
 from crisp.pods.model import Container, ContainerState
 
@@ -66,6 +67,7 @@ async def exec_sync(runtime: OCIRuntime, container: Container, argv: list[str],
             *runtime.exec_args(container.id, process_file, pid_file),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            umask=CHILD_UMASK,  # the command inherits it from runc
         )
         assert process.stdout is not None and process.stderr is not None
         readers = asyncio.gather(_read_capped(process.stdout, limit),

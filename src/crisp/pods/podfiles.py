@@ -9,6 +9,7 @@ from pathlib import Path
 
 from crisp.durable import write_atomic
 from crisp.errors import InvalidArgument
+from crisp.filemodes import PRIVATE_DIR, PUBLIC_FILE
 from crisp.pods.host import mount_tmpfs, unmount
 from crisp.pods.model import DNSConfig
 
@@ -51,19 +52,21 @@ def hosts_text(hostname: str) -> str:
 
 def _write(directory: Path, hostname: str, dns: DNSConfig | None, host_network: bool,
            private_shm: bool) -> PodFiles:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # Private: runc (as root) bind-mounts the files, no container walks this directory. The
+    # files themselves are what every user in the containers reads: 0644.
+    directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     hostname_file = directory / "hostname"
     hosts = directory / "hosts"
     resolv = directory / "resolv.conf"
-    write_atomic(hostname_file, f"{hostname}\n".encode())
+    write_atomic(hostname_file, f"{hostname}\n".encode(), PUBLIC_FILE)
     if host_network:
-        write_atomic(hosts, _host_file("/etc/hosts", hosts_text(hostname)))
+        write_atomic(hosts, _host_file("/etc/hosts", hosts_text(hostname)), PUBLIC_FILE)
     else:
-        write_atomic(hosts, hosts_text(hostname).encode())
+        write_atomic(hosts, hosts_text(hostname).encode(), PUBLIC_FILE)
     if dns is not None and (dns.servers or dns.searches or dns.options):
-        write_atomic(resolv, resolv_conf_text(dns).encode())
+        write_atomic(resolv, resolv_conf_text(dns).encode(), PUBLIC_FILE)
     else:
-        write_atomic(resolv, _host_file("/etc/resolv.conf", ""))
+        write_atomic(resolv, _host_file("/etc/resolv.conf", ""), PUBLIC_FILE)
     shm = ""
     if private_shm:
         shm_dir = directory / "shm"

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from crisp.diskspace import disk_full_from, is_disk_full
 from crisp.errors import FailedPrecondition, InvalidArgument
 from crisp.oci.security import check_sandbox_security
 from crisp.pods.codec import to_document
@@ -70,8 +71,12 @@ class SandboxManager:
         try:
             async with ctx.store.lock(sandbox.id):
                 await self._run(sandbox)
-        except BaseException:
+        except BaseException as error:
             ctx.store.release("pod", sandbox.name, sandbox.id)
+            if is_disk_full(error):  # rolled back by _run; say so for this pod
+                raise disk_full_from(error, ctx.layout.root_dir,
+                                     f"running pod sandbox {config.metadata.namespace}/"
+                                     f"{config.metadata.name}") from error
             raise
         self.publish(sandbox, EventKind.CREATED)
         self.publish(sandbox, EventKind.STARTED)

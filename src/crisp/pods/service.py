@@ -12,10 +12,12 @@ from crisp.cgroups import CgroupService
 from crisp.config import LiveConfig
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound
 from crisp.oci.handlers import handler_problems
+from crisp.pods.attach import ConmonAttach
 from crisp.pods.codec import to_document
 from crisp.pods.containers import ContainerManager
 from crisp.pods.context import PodContext, finish_even_if_cancelled
 from crisp.pods.events import LifecycleEvent
+from crisp.pods.execstream import ExecProcess
 from crisp.pods.execsync import ExecResult, exec_sync
 from crisp.pods.model import (
     Container,
@@ -27,6 +29,7 @@ from crisp.pods.model import (
     SandboxState,
     labels_match,
 )
+from crisp.pods.portforward import connect_in_namespace
 from crisp.pods.ports import ImageSource, PodNetwork, RootfsStore
 from crisp.pods.recovery import Recovery
 from crisp.pods.sandboxes import SandboxManager
@@ -186,6 +189,37 @@ class PodService:
         container = self.container(container_id)
         runtime = self.ctx.backend(container.runtime_handler).runtime
         return await exec_sync(runtime, container, argv, seconds)
+
+    def running_container(self, container_id: str) -> Container:
+        """The container, which must be running (for Exec and Attach)."""
+        container = self.container(container_id)
+        if container.state != ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state}: exec and attach need a "
+                "running container")
+        return container
+
+    async def start_exec(self, container_id: str, argv: list[str], *, tty: bool, stdin: bool,
+                         stdout: bool, stderr: bool) -> ExecProcess:
+        """Start ``argv`` in the container with its stdio for the streaming server to relay."""
+        container = self.running_container(container_id)
+        runtime = self.ctx.backend(container.runtime_handler).runtime
+        return await ExecProcess.start(runtime, container, argv, tty=tty, stdin=stdin,
+                                       stdout=stdout, stderr=stderr)
+
+    async def attach(self, container_id: str, *, stdin: bool) -> ConmonAttach:
+        """Connect to the container's own stdio (stdin only if it was created with one)."""
+        container = self.running_container(container_id)
+        return await ConmonAttach.connect(self.ctx.layout.files(container.id),
+                                          stdin=stdin and container.config.stdin)
+
+    async def port_connect(self, sandbox_id: str, port: int
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``port`` on localhost inside the pod's network namespace."""
+        sandbox = self.sandbox(sandbox_id)
+        if sandbox.state != SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+        return await connect_in_namespace(sandbox.namespace_paths.get("net", ""), port)
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         container = self.container(container_id)

@@ -23,11 +23,13 @@ import grpc
 from crisp import __version__, logsetup
 from crisp.api import cri_pb2_grpc, crisp_images_pb2_grpc
 from crisp.config import ConfigError, LiveConfig
+from crisp.filemodes import DAEMON_UMASK, private_dir
 from crisp.server.errors import ErrorInterceptor
 from crisp.server.images import CrispImagesServicer, ImageServicer
 from crisp.server.interceptors import BehaviorInterceptor
 from crisp.server.runtime import RuntimeServicer
 from crisp.server.services import Services
+from crisp.server.validation import RequestCheckInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,13 @@ class StartupError(RuntimeError):
 
 def run(live: LiveConfig) -> None:
     """Serve until SIGTERM or SIGINT."""
+    # First: everything crisp creates from here on is root's alone unless made public on
+    # purpose (crisp.filemodes); helper programs get the usual umask back.
+    os.umask(DAEMON_UMASK)
     config = live.current
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # Bundles, runtime state and namespace pins: nothing there is for other users.
+    private_dir(run_dir)
     with _exclusive_lock(run_dir / "crisp.lock"):
         socket_path = Path(config.socket)
         _prepare_socket(socket_path)
@@ -70,7 +76,8 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
         metrics = GrpcMetrics()
         metrics.serve(metrics_config.address, metrics_config.port)
         interceptors.append(MetricsInterceptor(metrics))
-    interceptors.append(ErrorInterceptor())
+    # Outermost first: metrics see every call, errors map what the request check refuses.
+    interceptors += [ErrorInterceptor(live.current.root_dir), RequestCheckInterceptor()]
 
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -86,11 +93,9 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
     )
     server.add_insecure_port(f"unix:{socket_path}")  # sun_path is then exactly socket_path
 
-    previous_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
-    try:
-        await server.start()
-    finally:
-        os.umask(previous_umask)
+    # Under the daemon's umask the socket is born 0600, never briefly world-writable; then
+    # its group may connect too.
+    await server.start()
     os.chmod(socket_path, 0o660)
     log.info("crisp %s serving CRI on %s", __version__, socket_path)
 

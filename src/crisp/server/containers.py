@@ -83,7 +83,11 @@ class ContainerCalls:
         self, request: cri_pb2.ListContainersRequest, context: Context
     ) -> cri_pb2.ListContainersResponse:
         wanted = request.filter
-        state = CONTAINER_STATES_BY_CODE[wanted.state.state] if wanted.HasField("state") else None
+        state = None
+        if wanted.HasField("state"):
+            state = CONTAINER_STATES_BY_CODE.get(wanted.state.state)
+            if state is None:  # a state this schema does not name matches nothing
+                return cri_pb2.ListContainersResponse()
         containers = self._pods.list_containers(
             id_prefix=wanted.id, state=state, sandbox_id=wanted.pod_sandbox_id,
             labels=dict(wanted.label_selector),

@@ -13,6 +13,7 @@ from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_
 from crisp.errors import InvalidArgument
 from crisp.images import Credentials, Image, ImageService
 from crisp.images.service import FilesystemUsage
+from crisp.server.unimplemented import fill_unimplemented
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -172,3 +173,13 @@ class CrispImagesServicer(crisp_images_pb2_grpc.ImagesServicer):
             )
             for pull in self.images.progress()
         ])
+
+
+fill_unimplemented(
+    ImageServicer, cri_pb2_grpc.ImageServiceServicer,
+    cri_pb2.DESCRIPTOR.services_by_name["ImageService"],
+)
+fill_unimplemented(
+    CrispImagesServicer, crisp_images_pb2_grpc.ImagesServicer,
+    crisp_images_pb2.DESCRIPTOR.services_by_name["Images"],
+)

@@ -8,11 +8,12 @@ from crisp.server.runtime_info import RuntimeInfoCalls
 from crisp.server.sandboxes import SandboxCalls
 from crisp.server.services import Services
 from crisp.server.stats import StatsCalls
+from crisp.server.streaming import StreamingCalls
 from crisp.server.unimplemented import fill_unimplemented
 
 
 class RuntimeServicer(
-    RuntimeInfoCalls, SandboxCalls, ContainerCalls, StatsCalls,
+    RuntimeInfoCalls, SandboxCalls, ContainerCalls, StatsCalls, StreamingCalls,
     cri_pb2_grpc.RuntimeServiceServicer
 ):
     """Every RuntimeService RPC; each mixin owns one area (runtime info, pods, containers...)."""

@@ -22,7 +22,11 @@ from crisp.server.pod_convert import (
 )
 from crisp.server.services import Services
 
+_SANDBOX_STATES = {
+    cri_pb2.SANDBOX_READY: SandboxState.READY, cri_pb2.SANDBOX_NOTREADY: SandboxState.NOTREADY,
+}
 Context = grpc.aio.ServicerContext[Any, Any]
+
 
 class SandboxCalls:
     """The pod sandbox RPCs of the RuntimeService."""
@@ -72,8 +76,9 @@ class SandboxCalls:
         wanted = request.filter
         state = None
         if wanted.HasField("state"):
-            state = (SandboxState.READY if wanted.state.state == cri_pb2.SANDBOX_READY
-                     else SandboxState.NOTREADY)
+            state = _SANDBOX_STATES.get(wanted.state.state)
+            if state is None:  # a state this schema does not name matches nothing
+                return cri_pb2.ListPodSandboxResponse()
         sandboxes = self._pods.list_sandboxes(
             id_prefix=wanted.id, state=state, labels=dict(wanted.label_selector)
         )

@@ -2,12 +2,15 @@
 
 Only this package opens the database file. All statements run on one dedicated thread so
 the event loop never blocks on disk and sqlite3's connection stays on the thread that made
-it. Every call to :meth:`Database.transaction` is atomic: it commits as a whole or not at all.
+it. Every call to :meth:`Database.transaction` is atomic: it commits as a whole or not at all,
+also when the disk is full (then it raises :class:`crisp.diskspace.DiskFull` and the records
+stay as they were before it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -15,12 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from crisp.diskspace import disk_full, is_disk_full
 from crisp.state.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Params = Sequence[Any] | dict[str, Any]
+
+DATABASE_NAME = "crisp.db"
+# The database and the files SQLite keeps beside it in WAL mode: every container's config
+# and environment is in them, so they must be root's alone (0600).
+DATABASE_FILES = (DATABASE_NAME, f"{DATABASE_NAME}-wal", f"{DATABASE_NAME}-shm")
 
 
 class SchemaTooNewError(RuntimeError):
@@ -52,8 +61,17 @@ class Database:
         return await loop.run_in_executor(self._executor, self._in_transaction, work)
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        with self._connection:  # commits on success, rolls back on any exception
-            return work(self._connection)
+        connection = self._connection
+        try:
+            with connection:  # commits on success, rolls back on any exception
+                return work(connection)
+        except sqlite3.Error as error:
+            if connection.in_transaction:  # a COMMIT that failed leaves the transaction open
+                with contextlib.suppress(sqlite3.Error):
+                    connection.rollback()
+            if is_disk_full(error):
+                raise disk_full(self.path, f"writing crisp's database {self.path}") from error
+            raise
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; return the number of rows it changed."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.durable import fsync_dir
+from crisp.filemodes import public_dir
 from crisp.state import Database, Records
 from crisp.storage.unpack import unpack_layer
 
@@ -118,12 +119,17 @@ class LayerStore:
     ) -> LayerInfo:
         result = await asyncio.to_thread(self._unpack_blocking, chain_id, diff_id, blob)
         info = LayerInfo(chain_id, parent, diff_id, result[0], result[1])
-        await self.records.put(
-            chain_id,
-            {"chain_id": chain_id, "parent": parent, "diff_id": diff_id,
-             "size": info.size, "inodes": info.inodes},
-            parent=parent,
-        )
+        try:
+            await self.records.put(
+                chain_id,
+                {"chain_id": chain_id, "parent": parent, "diff_id": diff_id,
+                 "size": info.size, "inodes": info.inodes},
+                parent=parent,
+            )
+        except BaseException:
+            # no record (a full disk, say): the directory would be an orphan taking space
+            await asyncio.shield(asyncio.to_thread(self._remove_files, chain_id))
+            raise
         return info
 
     def _unpack_blocking(self, chain_id: str, diff_id: str, blob: Path) -> tuple[int, int]:
@@ -131,7 +137,7 @@ class LayerStore:
         staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=self.root))
         try:
             diff = staging / "diff"
-            diff.mkdir(mode=0o755)
+            public_dir(diff)  # a layer without a "./" entry shows it as a directory's mode
             result = unpack_layer(blob, diff, diff_id)
             (staging / "link").write_text(short_name(chain_id))
             if final.exists():
@@ -141,12 +147,16 @@ class LayerStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         link = self.link(chain_id)
-        if not link.is_symlink():
-            tmp_link = self.links / f".{link.name}.tmp"
-            tmp_link.unlink(missing_ok=True)
-            tmp_link.symlink_to(f"../{final.name}/diff")
-            os.rename(tmp_link, link)
-        fsync_dir(self.root)
+        try:
+            if not link.is_symlink():
+                tmp_link = self.links / f".{link.name}.tmp"
+                tmp_link.unlink(missing_ok=True)
+                tmp_link.symlink_to(f"../{final.name}/diff")
+                os.rename(tmp_link, link)
+            fsync_dir(self.root)
+        except BaseException:
+            self._remove_files(chain_id)
+            raise
         return result.size, result.inodes
 
     async def remove(self, chain_id: str) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from crisp.errors import InvalidArgument, NotFound, RuntimeFailure
+from crisp.filemodes import CHILD_UMASK, PRIVATE_DIR, private_dir, public_dir
 from crisp.state import Database, Records
 from crisp.storage.layers import short_name
 from crisp.storage.mounts import OPTIONS_LIMIT, is_mountpoint, mount_overlay, unmount
@@ -35,8 +36,8 @@ class SnapshotStore:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def setup(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
-        self.empty_lower.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        public_dir(self.empty_lower)  # the lower layer of an image without layers
 
     def _dir(self, key: str) -> Path:
         if not _KEY.fullmatch(key):
@@ -71,10 +72,14 @@ class SnapshotStore:
 
     def _mount(self, directory: Path, lower_dirs: list[Path]) -> None:
         rootfs = directory / "rootfs"
-        for sub in ("upper", "work", "rootfs"):
-            (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o755)
         if is_mountpoint(rootfs):
-            return
+            return  # (a chmod of rootfs now would change the container's "/")
+        directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        for sub in ("upper", "work", "rootfs"):
+            # upper is the container's "/", where its mode shows: 0755 as in any image, and
+            # left as the container changed it when the snapshot is mounted again.
+            if not (directory / sub).is_dir():
+                public_dir(directory / sub)
         lowers = [str(p) for p in lower_dirs] or [str(self.empty_lower)]
         for lower in lowers:
             if not os.path.isdir(lower):
@@ -93,6 +98,7 @@ class SnapshotStore:
         result = subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o", options, str(rootfs)],
             cwd=self.layers_root, capture_output=True, text=True, check=False,
+            umask=CHILD_UMASK,
         )
         if result.returncode != 0:
             raise RuntimeFailure(

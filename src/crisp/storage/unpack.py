@@ -13,6 +13,7 @@ Everything here blocks; callers run it in a worker thread.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -28,6 +29,7 @@ from typing import IO, BinaryIO, cast
 import zstandard
 
 from crisp.errors import InvalidArgument
+from crisp.filemodes import PUBLIC_DIR
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -100,7 +102,7 @@ def unpack_layer(
         try:
             with tarfile.open(fileobj=buffered, mode="r|", errorlevel=2) as archive:
                 for member in archive:
-                    unpacker.add(member, archive)
+                    _add_entry(unpacker, member, archive)
             # the tar's end-of-archive padding belongs to the diff id too
             while buffered.read(_CHUNK):
                 pass
@@ -115,6 +117,25 @@ def unpack_layer(
             f"layer content has digest {diff_id} but the image config says {expected_diff_id}"
         )
     return UnpackResult(diff_id, unpacker.size, unpacker.inodes)
+
+
+# What the kernel answers for an entry no filesystem could hold: a name or path too long, an
+# xattr value it refuses (a malformed security.capability), a name it cannot encode.
+_REFUSED_BY_KERNEL = frozenset({
+    errno.ENAMETOOLONG, errno.EINVAL, errno.ERANGE, errno.E2BIG, errno.EILSEQ,
+    errno.EOPNOTSUPP, errno.ELOOP,
+})
+
+
+def _add_entry(unpacker: _Unpacker, member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+    try:
+        unpacker.add(member, archive)
+    except OSError as error:
+        if error.errno not in _REFUSED_BY_KERNEL:
+            raise
+        raise UnsafeLayer(
+            f"layer entry {member.name[:200]!r} cannot be unpacked: {error.strerror}"
+        ) from error
 
 
 def _clean_name(raw: str, what: str) -> str:
@@ -155,7 +176,9 @@ class _Unpacker:
             return
         self._ensure_parent(parent)
         try:
-            os.mkdir(self._path(parent), 0o755)
+            os.mkdir(self._path(parent), PUBLIC_DIR)
+            # a directory the archive only implies is 0755, whatever the daemon's umask
+            os.chmod(self._path(parent), PUBLIC_DIR)
             self.inodes += 1
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(self._path(parent)).st_mode):

@@ -1,0 +1,262 @@
+"""Interactive exec: ``runc exec`` of a command whose stdio the streaming server relays.
+
+Without a terminal the command gets pipes (stdin only if asked for), so stdout and stderr stay
+apart. With one, runc makes the terminal in the container and, staying in the foreground,
+proxies it to its own stdio; crisp gives runc a pseudo-terminal of its own as that stdio
+(runc refuses a console socket unless it detaches, and a detached exec's exit code is lost).
+A resize sets the size of crisp's terminal and sends runc SIGWINCH, on which runc copies the
+size to the container's terminal. runc exits with the command's status (128+n for a signal),
+which is the exit code reported. runc's own errors go to a log file, not to the client's
+stderr, and a failure to start becomes an error rather than an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import struct
+import termios
+from pathlib import Path
+from typing import Any
+
+from crisp.durable import write_atomic
+from crisp.errors import FailedPrecondition, InvalidArgument, RuntimeFailure
+from crisp.oci.runtime import OCIRuntime
+from crisp.pods.model import Container, ContainerState
+
+log = logging.getLogger(__name__)
+
+CONSOLE_TIMEOUT = 30.0
+_READ_SIZE = 65536
+
+
+def interactive_process(container_spec: dict[str, Any], argv: list[str], tty: bool
+                        ) -> dict[str, Any]:
+    """The container's own OCI process (user, env, cwd, capabilities) with ``argv``."""
+    process = dict(container_spec.get("process", {}))
+    process["args"] = list(argv)
+    process["terminal"] = tty
+    process.pop("consoleSize", None)
+    return process
+
+
+class ExecProcess:
+    """One running exec; satisfies :class:`crisp.streaming.relay.Attachable`."""
+
+    def __init__(self, container_id: str, runner: asyncio.subprocess.Process, files: list[Path],
+                 pid_file: Path, log_file: Path):
+        self.container_id = container_id
+        self.runner = runner
+        self._files = files
+        self.pid_file = pid_file
+        self.log_file = log_file
+        self._master: int | None = None
+        self._master_reader: asyncio.StreamReader | None = None
+        self._master_transport: asyncio.BaseTransport | None = None
+        self._settle: asyncio.Future[None] | None = None
+
+    # Start ---------------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, runtime: OCIRuntime, container: Container, argv: list[str], *,
+                    tty: bool, stdin: bool, stdout: bool, stderr: bool,
+                    ) -> ExecProcess:
+        if not argv:
+            raise InvalidArgument("Exec needs a command (cmd is empty)")
+        if container.state != ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state}: commands run only in a "
+                "running container")
+        bundle = Path(container.bundle)
+        token = secrets.token_hex(8)
+        process_file = bundle / f"exec-{token}.json"
+        pid_file = bundle / f"exec-{token}.pid"
+        log_file = bundle / f"exec-{token}.log"
+        spec = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
+        await asyncio.to_thread(write_atomic, process_file,
+                                json.dumps(interactive_process(spec, argv, tty)).encode(), 0o600)
+        files = [process_file, pid_file, log_file]
+        args = [runtime.path, "--root", str(runtime.root), "--log", str(log_file),
+                "--log-format", "json", "exec", "--process", str(process_file),
+                "--pid-file", str(pid_file)]
+        master = slave = -1
+        try:
+            pipe = asyncio.subprocess.PIPE
+            devnull = asyncio.subprocess.DEVNULL
+            if tty:
+                # runc in the foreground proxies the container's terminal to its own stdio,
+                # which is a terminal crisp holds the other side of (see the module doc).
+                master, slave = os.openpty()
+                runner = await asyncio.create_subprocess_exec(
+                    *args, container.id, stdin=slave, stdout=slave, stderr=slave,
+                    start_new_session=True)
+            else:
+                runner = await asyncio.create_subprocess_exec(
+                    *args, container.id,
+                    stdin=pipe if stdin else devnull,
+                    stdout=pipe if stdout else devnull,
+                    stderr=pipe if stderr else devnull,
+                    start_new_session=True,
+                )
+            process = cls(container.id, runner, files, pid_file, log_file)
+            if tty:
+                await process._use_terminal(master)
+                master = -1
+        except BaseException:
+            for path in files:
+                path.unlink(missing_ok=True)
+            if master >= 0:
+                os.close(master)
+            raise
+        finally:
+            if slave >= 0:
+                os.close(slave)
+        return process
+
+    async def _use_terminal(self, master: int) -> None:
+        loop = asyncio.get_running_loop()
+        os.set_blocking(master, False)
+        self._master = master
+        reader = asyncio.StreamReader(limit=1 << 20)
+        self._master_reader = reader
+        # A dup for the read transport, so closing it never closes the fd writes use.
+        reading = os.fdopen(os.dup(master), "rb", buffering=0)
+        self._master_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), reading)
+        self._settle = asyncio.ensure_future(self._resize_once_started())
+
+    async def _resize_once_started(self) -> None:
+        """runc reads the size on SIGWINCH; one sent before it listens is lost, so repeat it."""
+        for _ in range(100):
+            if await asyncio.to_thread(self.pid_file.exists):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        self._signal_runc()
+
+    def _signal_runc(self) -> None:
+        if self.runner.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.runner.pid, signal.SIGWINCH)
+
+    # Attachable ----------------------------------------------------------------------------
+
+    async def write_stdin(self, data: bytes) -> None:
+        if self._master is not None:
+            await _write_fd(self._master, data)
+        elif self.runner.stdin is not None:
+            self.runner.stdin.write(data)
+            await self.runner.stdin.drain()
+
+    async def close_stdin(self) -> None:
+        if self._master is not None:
+            return  # a terminal stays open: closing it would hang up the command
+        if self.runner.stdin is not None:
+            self.runner.stdin.close()
+            with contextlib.suppress(ConnectionError, BrokenPipeError):
+                await self.runner.stdin.wait_closed()
+
+    async def read_output(self, fd: int) -> bytes:
+        if self._master_reader is not None:
+            if fd != 1:
+                return b""
+            try:
+                return await self._master_reader.read(_READ_SIZE)
+            except OSError:  # EIO: the terminal's last user is gone
+                return b""
+        stream = self.runner.stdout if fd == 1 else self.runner.stderr
+        if stream is None:
+            return b""
+        return await stream.read(_READ_SIZE)
+
+    async def resize(self, size: Any) -> None:
+        if self._master is not None:
+            fcntl.ioctl(self._master, termios.TIOCSWINSZ,
+                        struct.pack("HHHH", size.height, size.width, 0, 0))
+            self._signal_runc()
+
+    async def wait(self) -> int:
+        code = await self.runner.wait()
+        started = await asyncio.to_thread(self.pid_file.exists)
+        if code != 0 and not started:
+            message = await self.runtime_error()
+            raise RuntimeFailure(f"exec in container {self.container_id} failed: {message}")
+        return code
+
+    async def close(self) -> None:
+        """Release the terminal and the exec's files (the relay is done with the output)."""
+        self._cleanup()
+
+    async def abandon(self) -> None:
+        """Kill the command (by the pid runc wrote) and runc with it."""
+        await asyncio.to_thread(_kill_pid_file, self.pid_file)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.runner.wait()), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.runner.kill()
+            await self.runner.wait()
+        self._cleanup()
+
+    async def runtime_error(self) -> str:
+        return await asyncio.to_thread(_runtime_error, self.log_file)
+
+    def _cleanup(self) -> None:
+        if self._settle is not None:
+            self._settle.cancel()
+        if self._master_transport is not None:
+            self._master_transport.close()
+            self._master_transport = None
+        if self._master is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._master)
+            self._master = None
+        for path in self._files:
+            path.unlink(missing_ok=True)
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            ready = loop.create_future()
+            loop.add_writer(fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(fd)
+            continue
+        view = view[written:]
+
+
+def _kill_pid_file(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _runtime_error(log_file: Path) -> str:
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(runc left no log)"
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "fatal"):
+            return str(entry.get("msg", line))
+    return lines[-1] if lines else "(empty runc log)"
