@@ -7,9 +7,7 @@ relative or missing host paths. Every test checks the code and that the daemon s
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,16 +150,6 @@ def _import(env: PodsEnv, archive: bytes) -> crisp_images_pb2.ImportResponse:
     return env.daemon.crisp_images.Import(iter(requests), timeout=30)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def _import_refused(env: PodsEnv, archive: bytes) -> str:
     with pytest.raises(grpc.RpcError) as error:
         _import(env, archive)
@@ -173,11 +161,7 @@ def _import_refused(env: PodsEnv, archive: bytes) -> str:
 
 def test_an_imported_layer_the_kernel_refuses_is_an_invalid_argument(env: PodsEnv) -> None:
     image = ib.build_image([ib.make_layer(_BAD_LAYERS["long-name"], "none")])
-    layer = image.layers[0]
-    archive = _tar({"config.json": image.config, "layer.tar": layer.data,
-                    "manifest.json": json.dumps([{"Config": "config.json",
-                                                  "RepoTags": ["bad/import:v1"],
-                                                  "Layers": ["layer.tar"]}]).encode()})
+    archive = ib.docker_save_archive(image, ["bad/import:v1"])
     assert "cannot be unpacked" in _import_refused(env, archive)
 
 
@@ -198,4 +182,4 @@ def test_an_imported_layer_the_kernel_refuses_is_an_invalid_argument(env: PodsEn
         "size-not-int", "no-digest", "digest-climbs"])
 def test_malformed_archive_indexes_are_invalid_arguments(
         env: PodsEnv, files: dict[str, bytes], message: str) -> None:
-    assert message in _import_refused(env, _tar(files))
+    assert message in _import_refused(env, ib.tar_bytes(files))

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import json
 import os
 import shutil
 import sqlite3
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,26 +177,6 @@ def test_pull_of_a_layer_that_unpacks_bigger_than_the_free_space(
     check_pull_refused(env, disk, ib.build_image([layer]), "zeros")
 
 
-def docker_save(image: ib.Image, tag: str) -> bytes:
-    """A docker-save archive of ``image`` with its layer blobs as they are (gzip or not)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        layers = []
-        for number, layer in enumerate(image.layers):
-            layers.append(f"{number:064x}/layer.tar")
-            add(layers[-1], layer.data)
-        config = image.id.removeprefix("sha256:") + ".json"
-        add(config, image.config)
-        add("manifest.json", json.dumps([{"Config": config, "RepoTags": [tag],
-                                          "Layers": layers}]).encode())
-    return out.getvalue()
-
-
 def import_archive(env: PodsEnv, archive: bytes) -> None:
     def requests() -> Iterator[crisp_images_pb2.ImportRequest]:
         yield crisp_images_pb2.ImportRequest(header=crisp_images_pb2.ImportHeader(
@@ -224,14 +201,14 @@ def check_import_refused(env: PodsEnv, disk: Path, archive: bytes) -> None:
 
 def test_import_of_an_archive_bigger_than_the_free_space(env: PodsEnv, disk: Path) -> None:
     image = ib.build_image([random_layer(free_bytes(disk) + 8 * MIB)])
-    check_import_refused(env, disk, docker_save(image, "example.com/big:noise"))
+    check_import_refused(env, disk, ib.docker_save_archive(image, ["example.com/big:noise"]))
 
 
 def test_import_of_a_layer_that_unpacks_bigger_than_the_free_space(
     env: PodsEnv, disk: Path
 ) -> None:
     image = ib.build_image([zeros_layer(free_bytes(disk) + 8 * MIB)])
-    check_import_refused(env, disk, docker_save(image, "example.com/big:zeros"))
+    check_import_refused(env, disk, ib.docker_save_archive(image, ["example.com/big:zeros"]))
 
 
 def runc_containers(env: PodsEnv) -> set[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import io
 import json
 import os
@@ -151,33 +150,13 @@ async def test_export_then_import_elsewhere(daemons: tuple[Daemon, Daemon], tmp_
             assert json.loads(checked.stdout)["rootfs"]["diff_ids"]
 
 
-def docker_save_archive(image: ib.Image, tags: list[str]) -> bytes:
-    """An old-style docker-save archive: <id>/layer.tar (uncompressed) and <hex>.json config."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        layer_paths = []
-        for number, layer in enumerate(image.layers):
-            path = f"{number:064x}/layer.tar"
-            add(path, gzip.decompress(layer.data))
-            layer_paths.append(path)
-        config_name = image.id.removeprefix("sha256:") + ".json"
-        add(config_name, image.config)
-        add("manifest.json", json.dumps(
-            [{"Config": config_name, "RepoTags": tags, "Layers": layer_paths}]).encode())
-    return out.getvalue()
-
-
 async def test_import_docker_save(daemons: tuple[Daemon, Daemon], tmp_path: Path) -> None:
     one, _ = daemons
     image = ib.build_image([ib.make_layer(ib.busybox_rootfs()),
                             ib.make_layer(ib.LayerBuilder().file("saved", "yes"))])
     archive = tmp_path / "saved.tar"
-    archive.write_bytes(docker_save_archive(image, ["busybox:saved", "example.com/x/y:1"]))
+    archive.write_bytes(ib.docker_save_archive(image, ["busybox:saved", "example.com/x/y:1"],
+                                                uncompress=True))
     code, out = await one.crispctl("images", "import", str(archive))
     assert code == 0, out
     [imported] = await one.images.list()

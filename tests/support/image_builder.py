@@ -458,3 +458,29 @@ def push_image(registry_url: str, repository: str, tag: str | None, image: Image
                username: str | None = None, password: str | None = None) -> str:
     """Push ``image`` as ``repository:tag`` (or by digest only); return its manifest digest."""
     return RegistryPusher(registry_url, username, password).push(repository, tag, image)
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of regular files, in the order given (for hand-made archives)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def docker_save_archive(image: Image, tags: list[str], *, uncompress: bool = False) -> bytes:
+    """A docker-save archive of ``image``: <n>/layer.tar per layer, <hex>.json config and
+    manifest.json. ``uncompress`` stores gzip layers uncompressed, as old docker save did."""
+    files: dict[str, bytes] = {}
+    layers = []
+    for number, layer in enumerate(image.layers):
+        layers.append(f"{number:064x}/layer.tar")
+        files[layers[-1]] = gzip.decompress(layer.data) if uncompress else layer.data
+    config = image.id.removeprefix("sha256:") + ".json"
+    files[config] = image.config
+    files["manifest.json"] = json.dumps(
+        [{"Config": config, "RepoTags": tags, "Layers": layers}]).encode()
+    return tar_bytes(files)

@@ -28,6 +28,7 @@ from typing import Any
 from crisp.durable import write_atomic
 from crisp.errors import FailedPrecondition, InvalidArgument, RuntimeFailure
 from crisp.oci.runtime import OCIRuntime
+from crisp.pods.execsync import kill_exec
 from crisp.pods.model import Container, ContainerState
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class ExecProcess:
 
     async def abandon(self) -> None:
         """Kill the command (by the pid runc wrote) and runc with it."""
-        await asyncio.to_thread(_kill_pid_file, self.pid_file)
+        await asyncio.to_thread(kill_exec, self.pid_file)
         try:
             await asyncio.wait_for(asyncio.shield(self.runner.wait()), 5)
         except TimeoutError:
@@ -236,15 +237,6 @@ async def _write_fd(fd: int, data: bytes) -> None:
                 loop.remove_writer(fd)
             continue
         view = view[written:]
-
-
-def _kill_pid_file(pid_file: Path) -> None:
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _runtime_error(log_file: Path) -> str:

@@ -77,7 +77,7 @@ async def exec_sync(runtime: OCIRuntime, container: Container, argv: list[str],
                 asyncio.shield(readers), seconds if seconds > 0 else None
             )
         except TimeoutError:
-            await asyncio.to_thread(_kill_exec, pid_file)
+            await asyncio.to_thread(kill_exec, pid_file)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(readers, 5)
             if process.returncode is None:
@@ -89,7 +89,7 @@ async def exec_sync(runtime: OCIRuntime, container: Container, argv: list[str],
             ) from None
         except asyncio.CancelledError:
             # The caller went away: the command must not live on with nobody reading it.
-            await asyncio.shield(asyncio.to_thread(_kill_exec, pid_file))
+            await asyncio.shield(asyncio.to_thread(kill_exec, pid_file))
             if process.returncode is None:
                 process.kill()
             raise
@@ -110,7 +110,8 @@ def _runc_failed(stderr: bytes) -> bool:
     return "runc exec failed" in text or text.startswith("time=") or '"level":"error"' in text
 
 
-def _kill_exec(pid_file: Path) -> None:
+def kill_exec(pid_file: Path) -> None:
+    """SIGKILL the exec'd process whose pid runc wrote to ``pid_file``, if it still runs."""
     try:
         pid = int(pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
