@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from crisp import __version__, logsetup
+from crisp import __version__, heap, logsetup
 from crisp.config import ConfigError, LiveConfig, config_path, load, render_default
 
 log = logging.getLogger("crisp")
@@ -55,6 +55,7 @@ def _check(path: Path) -> int:
 
 
 def _daemon(explicit_config: str | None) -> int:
+    heap.limit_malloc_arenas()  # before grpc starts its threads
     from crisp.server.app import StartupError, run  # the gRPC stack only where it is used
 
     path = config_path(explicit_config)
