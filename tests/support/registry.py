@@ -50,6 +50,15 @@ def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
 
 
 @dataclass(frozen=True)
+class ServerTLS:
+    """The registry serves HTTPS with this cert; with ``client_ca`` it requires client certs."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
 class TokenAuth:
     """docker-registry's token auth: clients fetch a JWT from ``realm`` signed by ``cert``."""
 
@@ -65,6 +74,7 @@ def registry_config(
     *,
     htpasswd: Path | None = None,
     token: TokenAuth | None = None,
+    tls: ServerTLS | None = None,
 ) -> str:
     """The YAML config of a registry on 127.0.0.1:``port`` storing under ``storage_dir``."""
     lines = [
@@ -81,6 +91,10 @@ def registry_config(
         "http:",
         f"  addr: 127.0.0.1:{port}",
     ]
+    if tls is not None:
+        lines += ["  tls:", f"    certificate: {tls.cert}", f"    key: {tls.key}"]
+        if tls.client_ca is not None:
+            lines += ["    clientcas:", f"      - {tls.client_ca}"]
     if htpasswd is not None and token is not None:
         raise ValueError("a registry has either htpasswd or token auth, not both")
     if htpasswd is not None:
@@ -105,6 +119,7 @@ class Registry:
     directory: Path
     process: subprocess.Popen[bytes]
     users: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
 
     @property
     def host(self) -> str:
@@ -113,7 +128,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -132,6 +147,9 @@ def _wait_ready(registry: Registry, timeout: float = 10.0) -> None:
             log = (registry.directory / "registry.log").read_text(errors="replace")
             raise RuntimeError(f"docker-registry exited with {registry.process.returncode}: {log}")
         try:
+            if registry.tls:
+                with socket.create_connection(("127.0.0.1", registry.port), timeout=1):
+                    return
             urllib.request.urlopen(f"{registry.url}/v2/", timeout=1).close()
             return
         except urllib.error.HTTPError:
@@ -148,17 +166,25 @@ def running_registry(
     token: TokenAuth | None = None,
     port: int | None = None,
     base_dir: Path | None = None,
+    tls: ServerTLS | None = None,
+    storage: Path | None = None,
 ) -> Iterator[Registry]:
-    """Start a registry (basic auth if ``users`` is given, bearer if ``token``); stop it after."""
+    """Start a registry (basic auth if ``users`` is given, bearer if ``token``); stop it after.
+
+    ``tls`` serves HTTPS; ``storage`` serves another registry's storage directory (push to a
+    plain one, serve its content over TLS too).
+    """
     directory = Path(tempfile.mkdtemp(prefix="crisp-registry-", dir=base_dir))
     process: subprocess.Popen[bytes] | None = None
     try:
-        storage = directory / "storage"
-        storage.mkdir()
+        if storage is None:
+            storage = directory / "storage"
+            storage.mkdir()
         htpasswd = write_htpasswd(directory / "htpasswd", users) if users else None
         port = port or free_port()
         config = directory / "config.yml"
-        config.write_text(registry_config(storage, port, htpasswd=htpasswd, token=token))
+        config.write_text(registry_config(storage, port, htpasswd=htpasswd, token=token,
+                                           tls=tls))
         log = open(directory / "registry.log", "wb")  # noqa: SIM115 - closed below
         try:
             process = subprocess.Popen(
@@ -169,7 +195,7 @@ def running_registry(
             )
         finally:
             log.close()
-        registry = Registry(port, directory, process, dict(users or {}))
+        registry = Registry(port, directory, process, dict(users or {}), tls=tls is not None)
         _wait_ready(registry)
         yield registry
     finally:

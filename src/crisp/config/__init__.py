@@ -9,6 +9,7 @@ from crisp.config.model import (
     MetricsConfig,
     PodConfig,
     RegistryConfig,
+    RegistryTLS,
     RuntimeHandler,
     StreamingConfig,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "MetricsConfig",
     "PodConfig",
     "RegistryConfig",
+    "RegistryTLS",
     "ReloadResult",
     "RuntimeHandler",
     "StreamingConfig",

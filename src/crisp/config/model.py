@@ -47,6 +47,18 @@ def _default_runtimes() -> dict[str, RuntimeHandler]:
 
 
 @dataclass(frozen=True)
+class RegistryTLS:
+    """TLS towards one registry host (or host:port): a private CA, a client certificate."""
+
+    ca_file: str = option("", "PEM CA bundle trusted for this host, on top of the system's.")
+    cert_file: str = option("", "PEM client certificate for mutual TLS (may hold the key too).")
+    key_file: str = option("", "PEM private key of cert_file, if not in that file.")
+    insecure_skip_verify: bool = option(
+        False, "Do not verify the host's certificate (encrypted but not authenticated)."
+    )
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     """Where images come from and how registries are reached."""
 
@@ -69,6 +81,25 @@ class RegistryConfig:
         '"docker.io" = ["https://mirror.example:5000"].',
         live=True,
         factory=dict,
+    )
+    tls: dict[str, RegistryTLS] = option(
+        None,
+        'TLS per registry host, as [registries.tls."host:port"]; a host named here is '
+        "reached over HTTPS, localhost too.",
+        live=True,
+        factory=dict,
+    )
+    config_path: str = option(
+        "",
+        "A containerd hosts directory (DIR/<host[:port]>/hosts.toml, DIR/_default/hosts.toml); "
+        "it fills in what this table leaves unset for a host.",
+        live=True,
+    )
+    auth_file: str = option(
+        "",
+        "Node-wide credentials in docker config.json / containers auth.json form, used by "
+        "pulls that bring none.",
+        live=True,
     )
 
 

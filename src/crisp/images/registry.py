@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,16 +20,31 @@ from typing import Any
 import aiohttp
 
 from crisp.config import LiveConfig
-from crisp.errors import DeadlineExceeded, InvalidArgument, NotFound, RuntimeFailure, Unavailable
+from crisp.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RuntimeFailure,
+    Unavailable,
+)
 from crisp.images.auth import Credentials, TokenCache, parse_challenges
 from crisp.images.content import Ingest
+from crisp.images.endpoints import (
+    DOCKER_HUB_API,
+    LOCAL_HOSTS,
+    Endpoint,
+    SSLContexts,
+    endpoints_for,
+    tls_reason,
+)
 from crisp.images.manifest import ACCEPT, MAX_MANIFEST_SIZE, Descriptor, media_type_of
 from crisp.images.reference import Reference
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB_API = "registry-1.docker.io"
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+__all__ = ["DOCKER_HUB_API", "LOCAL_HOSTS", "Endpoint", "RegistryClient", "RepositoryClient",
+           "endpoints_for"]
 ATTEMPTS = 4
 BACKOFF = 0.2
 READ_CHUNK = 1 << 20
@@ -38,41 +54,10 @@ _RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Connect
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """One base URL that can serve a registry's content."""
-
-    base_url: str
-    mirror: bool
-    verify_tls: bool = True
-
-    def __str__(self) -> str:
-        return self.base_url + (" (mirror)" if self.mirror else "")
-
-
-@dataclass(frozen=True)
 class FetchedManifest:
     data: bytes
     media_type: str
     digest: str
-
-
-def _host_only(domain: str) -> str:
-    return domain.rsplit(":", 1)[0] if not domain.endswith("]") else domain
-
-
-def endpoints_for(domain: str, live: LiveConfig) -> list[Endpoint]:
-    """Mirrors of ``domain`` in configured order, then the registry itself."""
-    config = live.current.registries
-    result = [Endpoint(url.rstrip("/"), True) for url in config.mirrors.get(domain, [])]
-    host = DOCKER_HUB_API if domain == "docker.io" else domain
-    if _host_only(domain) in LOCAL_HOSTS:
-        result.append(Endpoint(f"http://{host}", False))
-    elif domain in config.insecure or _host_only(domain) in config.insecure:
-        result.append(Endpoint(f"https://{host}", False, verify_tls=False))
-        result.append(Endpoint(f"http://{host}", False))
-    else:
-        result.append(Endpoint(f"https://{host}", False))
-    return result
 
 
 class RegistryClient:
@@ -81,6 +66,7 @@ class RegistryClient:
     def __init__(self, live: LiveConfig):
         self.live = live
         self.tokens = TokenCache()
+        self.ssl = SSLContexts()
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -115,18 +101,20 @@ class RepositoryClient:
         raw = repr(self.credentials).encode()
         return hashlib.sha256(raw).hexdigest()
 
-    def _live_endpoints(self) -> list[Endpoint]:
-        alive = [e for e in self.endpoints if e not in self._dead]
-        return alive or self.endpoints[-1:]
+    def _live_endpoints(self, capability: str) -> list[Endpoint]:
+        """Endpoints that may serve ``capability`` (hosts.toml's pull or resolve), alive first."""
+        able = [e for e in self.endpoints if e.can(capability)]
+        alive = [e for e in able if e not in self._dead]
+        return alive or able[-1:]
 
     async def _send(
         self, endpoint: Endpoint, method: str, path: str, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         """One request with auth: answers a 401 challenge once, then gives up."""
-        url = endpoint.base_url + path
-        ssl_arg: Any = None if endpoint.verify_tls else False
+        url = endpoint.url(path)
+        ssl_arg: Any = self.client.ssl.get(endpoint)
         cached = self.client.tokens.get(endpoint.base_url, self.scope, self._identity())
-        request_headers = dict(headers)
+        request_headers = {**dict(endpoint.headers), **headers}
         if cached:
             request_headers["Authorization"] = cached
         timeout = self._timeout()
@@ -235,6 +223,20 @@ class RepositoryClient:
                     f"{self.client.live.current.images.pull_progress_timeout:g}s; cancelled "
                     "(images.pull_progress_timeout)"
                 ) from error
+            except aiohttp.ClientSSLError as error:
+                message = f"TLS to registry {endpoint.host} failed: {tls_reason(error)}"
+                if endpoint.mirror:
+                    raise Unavailable(f"{endpoint}: {message}") from error
+                raise FailedPrecondition(message) from error
+            except aiohttp.ClientOSError as error:
+                if not _tls_alert(error):
+                    last = f"{type(error).__name__}: {error}"
+                    log.debug("%s %s%s failed: %s", method, endpoint, path, last)
+                    continue
+                message = f"TLS to registry {endpoint.host} failed: {tls_reason(error)}"
+                if endpoint.mirror:
+                    raise Unavailable(f"{endpoint}: {message}") from error
+                raise FailedPrecondition(message) from error
             except _RETRYABLE as error:
                 last = f"{type(error).__name__}: {error}"
                 log.debug("%s %s%s failed: %s", method, endpoint, path, last)
@@ -254,7 +256,14 @@ class RepositoryClient:
         """The manifest (or index) named by tag or digest ``obj``, its digest checked."""
         path = f"/v2/{self.reference.path}/manifests/{obj}"
         errors: list[str] = []
-        for endpoint in self._live_endpoints():
+        capability = "pull" if obj.startswith("sha256:") else "resolve"
+        endpoints = self._live_endpoints(capability)
+        if not endpoints:
+            raise FailedPrecondition(
+                f"no endpoint of {self.reference.domain} has the {capability!r} capability "
+                "(capabilities in hosts.toml)"
+            )
+        for endpoint in endpoints:
             try:
                 response = await self._with_retries(endpoint, "GET", path, {"Accept": ACCEPT})
             except Unavailable as error:
@@ -309,7 +318,13 @@ class RepositoryClient:
         """
         path = f"/v2/{self.reference.path}/blobs/{descriptor.digest}"
         errors: list[str] = []
-        for endpoint in self._live_endpoints():
+        endpoints = self._live_endpoints("pull")
+        if not endpoints:
+            raise FailedPrecondition(
+                f"no endpoint of {self.reference.domain} has the 'pull' capability "
+                "(capabilities in hosts.toml)"
+            )
+        for endpoint in endpoints:
             stalls = 0
             while stalls < ATTEMPTS:
                 before = ingest.written
@@ -394,6 +409,16 @@ class RepositoryClient:
             return f"connection closed after {ingest.written} of {descriptor.size} bytes"
         return None
 
+
+
+def _tls_alert(error: BaseException) -> bool:
+    """An OSError that is a TLS alert from the server (such as: certificate required)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "SSL" in str(error) and "alert" in str(error).lower()
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:

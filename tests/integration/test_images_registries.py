@@ -1,0 +1,136 @@
+"""Registries reached as real nodes set them up: private CAs, mTLS, containerd hosts dirs.
+
+A plain docker-registry gets the images; registries serving the same storage over TLS (with
+certificates from a CA made here) are what crisp pulls from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from crisp.config import Config, LiveConfig, RegistryConfig, RegistryTLS
+from crisp.errors import CrispError, FailedPrecondition
+from tests.integration.test_images_pull import open_service
+from tests.support import image_builder as ib
+from tests.support.registry import FlakyProxy, Registry, ServerTLS, running_registry
+from tests.support.tls import CA, make_ca
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers needs root"),
+]
+
+
+@dataclass
+class Plain:
+    registry: Registry
+    image: ib.Image
+    storage: Path
+
+
+@pytest.fixture(scope="module")
+def plain() -> Iterator[Plain]:
+    image = ib.busybox_image()
+    with running_registry() as registry:
+        ib.push_image(registry.url, "test/busybox", "latest", image)
+        yield Plain(registry, image, registry.directory / "storage")
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+def config(tmp: Path, **registries: object) -> LiveConfig:
+    return LiveConfig(Config(root_dir=str(tmp / "root"),
+                             registries=RegistryConfig(**registries)), None)  # type: ignore[arg-type]
+
+
+async def pull(live: LiveConfig, tmp: Path, reference: str) -> str:
+    async with open_service(tmp / "root", live) as svc:
+        return (await svc.pull(reference)).id
+
+
+async def test_private_ca_and_skip_verify(tmp_path: Path, plain: Plain, ca: CA) -> None:
+    server = ca.issue(tmp_path, "server")
+    with running_registry(tls=ServerTLS(server.cert, server.key), storage=plain.storage) as tls:
+        reference = f"{tls.host}/test/busybox:latest"
+        trusted = config(tmp_path, tls={tls.host: RegistryTLS(ca_file=str(ca.cert_path))})
+        assert await pull(trusted, tmp_path, reference) == plain.image.id
+        unverified = config(tmp_path, tls={tls.host: RegistryTLS(insecure_skip_verify=True)})
+        assert await pull(unverified, tmp_path, reference) == plain.image.id
+
+
+@pytest.mark.parametrize("problem", ["unknown authority", "name mismatch", "expired"])
+async def test_tls_errors_name_the_host_and_reason(tmp_path: Path, plain: Plain, ca: CA,
+                                                   problem: str) -> None:
+    server = ca.issue(tmp_path, "server",
+                      hosts=("registry.example",) if problem == "name mismatch" else ("127.0.0.1",),
+                      expired=problem == "expired")
+    with running_registry(tls=ServerTLS(server.cert, server.key), storage=plain.storage) as tls:
+        ca_file = "" if problem == "unknown authority" else str(ca.cert_path)
+        live = config(tmp_path, tls={tls.host: RegistryTLS(ca_file=ca_file)})
+        with pytest.raises(FailedPrecondition) as raised:
+            await pull(live, tmp_path, f"{tls.host}/test/busybox:latest")
+        assert tls.host in str(raised.value)
+        assert problem in str(raised.value)
+
+
+async def test_mutual_tls(tmp_path: Path, plain: Plain, ca: CA) -> None:
+    server = ca.issue(tmp_path, "server")
+    client = ca.issue(tmp_path, "client", client=True)
+    with running_registry(tls=ServerTLS(server.cert, server.key, client_ca=ca.cert_path),
+                          storage=plain.storage) as tls:
+        reference = f"{tls.host}/test/busybox:latest"
+        without = config(tmp_path, tls={tls.host: RegistryTLS(ca_file=str(ca.cert_path))})
+        with pytest.raises(CrispError, match=f"{tls.host}.*client certificate"):
+            await pull(without, tmp_path, reference)
+        with_cert = config(tmp_path, tls={tls.host: RegistryTLS(
+            ca_file=str(ca.cert_path), cert_file=str(client.cert), key_file=str(client.key))})
+        assert await pull(with_cert, tmp_path, reference) == plain.image.id
+
+
+async def test_hosts_dir_mirror_with_its_own_ca_and_client_cert(tmp_path: Path, plain: Plain,
+                                                                 ca: CA) -> None:
+    server = ca.issue(tmp_path, "server")
+    client = ca.issue(tmp_path, "client", client=True)
+    with running_registry(tls=ServerTLS(server.cert, server.key, client_ca=ca.cert_path),
+                          storage=plain.storage) as mirror:
+        hosts = tmp_path / "certs.d" / "upstream.invalid:5000"
+        hosts.mkdir(parents=True)
+        (hosts / "ca.crt").write_bytes(ca.cert_path.read_bytes())
+        (hosts / "hosts.toml").write_text(
+            'server = "https://upstream.invalid:5000"\n\n'
+            f'[host."https://{mirror.host}/v2"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
+            '  ca = "ca.crt"\n'
+            f'  client = [["{client.cert}", "{client.key}"]]\n'
+            '  [host."https://' + mirror.host + '/v2".header]\n'
+            '    x-crisp-test = "yes"\n')
+        live = config(tmp_path, config_path=str(tmp_path / "certs.d"))
+        # the registry itself does not exist: only the mirror can serve this
+        assert await pull(live, tmp_path, "upstream.invalid:5000/test/busybox:latest") == \
+            plain.image.id
+
+
+async def test_hosts_dir_capabilities_and_default(tmp_path: Path, plain: Plain) -> None:
+    proxy = FlakyProxy(plain.registry.url, drops=0)
+    await proxy.start()
+    try:
+        default = tmp_path / "certs.d" / "_default"
+        default.mkdir(parents=True)
+        # the mirror may serve blobs only: the tag is resolved at the server
+        (default / "hosts.toml").write_text(
+            f'server = "{plain.registry.url}"\n'
+            f'[host."http://{proxy.host}"]\n  capabilities = ["pull"]\n')
+        live = config(tmp_path, config_path=str(tmp_path / "certs.d"))
+        assert await pull(live, tmp_path, "anything.invalid/test/busybox:latest") == \
+            plain.image.id
+        assert proxy.blob_requests >= 1
+    finally:
+        await proxy.stop()
