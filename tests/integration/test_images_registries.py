@@ -6,6 +6,8 @@ certificates from a CA made here) are what crisp pulls from.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ import pytest
 
 from crisp.config import Config, LiveConfig, RegistryConfig, RegistryTLS
 from crisp.errors import CrispError, FailedPrecondition
+from crisp.images import Credentials
 from tests.integration.test_images_pull import open_service
 from tests.support import image_builder as ib
 from tests.support.registry import FlakyProxy, Registry, ServerTLS, running_registry
@@ -134,3 +137,46 @@ async def test_hosts_dir_capabilities_and_default(tmp_path: Path, plain: Plain) 
         assert proxy.blob_requests >= 1
     finally:
         await proxy.stop()
+
+
+USERS = {"alice": "wonderland"}
+
+
+async def test_credentials_go_only_to_their_registry(tmp_path: Path) -> None:
+    image = ib.busybox_image()
+    with running_registry(users=USERS) as private:
+        ib.push_image(private.url, "private/busybox", "latest", image, "alice", "wonderland")
+        mirror = FlakyProxy(private.url, drops=0)  # another host in front of the same content
+        await mirror.start()
+        try:
+            live = config(tmp_path, mirrors={private.host: [f"http://{mirror.host}"]})
+            reference = f"{private.host}/private/busybox:latest"
+            alice = Credentials(username="alice", password="wonderland",
+                                server_address=f"https://{private.host}")
+            async with open_service(tmp_path / "root", live) as svc:
+                assert (await svc.pull(reference, alice)).id == image.id
+                # the mirror was asked, anonymously, and never saw alice's password
+                assert mirror.authorizations == []
+                # credentials for another registry are not sent to this one either
+                await svc.remove(image.id)
+                elsewhere = Credentials(username="alice", password="wonderland",
+                                        server_address="other.example:5000")
+                with pytest.raises(CrispError, match="needs a username and password") as raised:
+                    await svc.pull(reference, elsewhere)
+                assert "wonderland" not in str(raised.value)
+                assert "wonderland" not in repr(alice)
+        finally:
+            await mirror.stop()
+
+
+async def test_node_wide_auth_file(tmp_path: Path) -> None:
+    image = ib.busybox_image()
+    with running_registry(users=USERS) as private:
+        ib.push_image(private.url, "private/busybox", "latest", image, "alice", "wonderland")
+        auth_file = tmp_path / "config.json"
+        auth_file.write_text(json.dumps({"auths": {
+            "https://index.docker.io/v1/": {"auth": base64.b64encode(b"bob:x").decode()},
+            private.host: {"auth": base64.b64encode(b"alice:wonderland").decode()},
+        }}))
+        live = config(tmp_path, auth_file=str(auth_file))
+        assert await pull(live, tmp_path, f"{private.host}/private/busybox:latest") == image.id

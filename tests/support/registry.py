@@ -405,6 +405,7 @@ class FlakyProxy:
         self.max_concurrent_blobs = 0
         self.blob_delay = 0.0
         self.unavailable = 0  # answer this many requests with 503 first
+        self.authorizations: list[str] = []  # every Authorization header it was sent
         self.port = free_port()
         self._runner: Any = None
 
@@ -420,6 +421,8 @@ class FlakyProxy:
             return web.Response(status=503, text="try again later")
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("accept", "authorization", "range")}
+        if "Authorization" in headers:
+            self.authorizations.append(headers["Authorization"])
         if "Range" in headers:
             self.range_requests += 1
         is_blob = "/blobs/" in request.path and request.method == "GET"

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
 
 from crisp.errors import InvalidArgument
 
@@ -25,10 +28,26 @@ class Credentials:
     """What a client gave to authenticate to a registry (CRI's AuthConfig)."""
 
     username: str = ""
-    password: str = ""
-    auth: str = ""
-    identity_token: str = ""
-    registry_token: str = ""
+    password: str = field(default="", repr=False)
+    auth: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+    registry_token: str = field(default="", repr=False)
+    server_address: str = ""  # the registry these are for; empty: the image's own registry
+
+    def secrets(self) -> Credentials:
+        """The same credentials without server_address (what a request would carry)."""
+        return Credentials(self.username, self.password, self.auth, self.identity_token,
+                           self.registry_token)
+
+    def identity(self) -> str:
+        """A digest of every field, to key cached tokens without keeping secrets in keys."""
+        raw = "\0".join(getattr(self, f.name) for f in fields(self))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def is_for(self, host: str, image_domain: str) -> bool:
+        """If these may be sent to ``host`` (host[:port]): only the registry they are for."""
+        target = self.server_address or image_domain
+        return normalize_host(host) == normalize_host(target)
 
     def user_password(self) -> tuple[str, str] | None:
         """Username and password, from the fields or decoded from ``auth``."""
@@ -51,6 +70,55 @@ class Credentials:
             return None
         raw = f"{pair[0]}:{pair[1]}".encode()
         return "Basic " + base64.b64encode(raw).decode()
+
+
+_DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+
+
+def normalize_host(address: str) -> str:
+    """``host[:port]`` of a registry address, which may be a URL; Docker Hub's names are one."""
+    address = (urlsplit(address).netloc if "://" in address else address.split("/", 1)[0]).lower()
+    return "docker.io" if address in _DOCKER_HUB else address
+
+
+def from_auth_file(text: str, domain: str, path: str, source: str) -> Credentials | None:
+    """The entry of a docker config.json / containers auth.json for ``domain/path``.
+
+    The longest key that matches wins: ``host/namespace`` (auth.json) before ``host``.
+    Docker's ``https://index.docker.io/v1/`` key counts as docker.io.
+    """
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"{source} is not valid JSON: {error.msg}") from error
+    auths = document.get("auths") if isinstance(document, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    wanted = f"{normalize_host(domain)}/{path}"
+    best: tuple[int, dict[str, object]] | None = None
+    for key, entry in auths.items():
+        if not isinstance(entry, dict):
+            continue
+        name = key.split("://", 1)[-1].rstrip("/")
+        host, _, namespace = name.partition("/")
+        host = normalize_host(host)
+        if host == "docker.io" and namespace in ("v1", "v2"):
+            namespace = ""
+        prefix = f"{host}/{namespace}" if namespace else host
+        matches = wanted == prefix or wanted.startswith(prefix + "/")
+        if matches and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), entry)
+    if best is None:
+        return None
+    entry = best[1]
+
+    def text_of(name: str) -> str:
+        value = entry.get(name, "")
+        return value if isinstance(value, str) else ""
+
+    return Credentials(username=text_of("username"), password=text_of("password"),
+                       auth=text_of("auth"), identity_token=text_of("identitytoken"),
+                       registry_token=text_of("registrytoken"), server_address=domain)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,7 +29,7 @@ from crisp.errors import (
     RuntimeFailure,
     Unavailable,
 )
-from crisp.images.auth import Credentials, TokenCache, parse_challenges
+from crisp.images.auth import Credentials, TokenCache, from_auth_file, parse_challenges
 from crisp.images.content import Ingest
 from crisp.images.endpoints import (
     DOCKER_HUB_API,
@@ -83,7 +84,24 @@ class RegistryClient:
             await self._session.close()
 
     def repository(self, reference: Reference, credentials: Credentials | None) -> RepositoryClient:
-        return RepositoryClient(self, reference, credentials or Credentials())
+        """A client for one pull; with no credentials, those of registries.auth_file if any."""
+        if credentials is None or credentials.secrets() == Credentials():
+            credentials = self._from_auth_file(reference) or Credentials()
+        return RepositoryClient(self, reference, credentials)
+
+    def _from_auth_file(self, reference: Reference) -> Credentials | None:
+        path = self.live.current.registries.auth_file
+        if not path:
+            return None
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise FailedPrecondition(
+                f"registries.auth_file {path} cannot be read: {error.strerror or error}"
+            ) from error
+        return from_auth_file(text, reference.domain, reference.path, path)
 
 
 class RepositoryClient:
@@ -97,9 +115,14 @@ class RepositoryClient:
         self.scope = f"repository:{reference.path}:pull"
         self._dead: set[Endpoint] = set()
 
-    def _identity(self) -> str:
-        raw = repr(self.credentials).encode()
-        return hashlib.sha256(raw).hexdigest()
+    def _credentials_for(self, endpoint: Endpoint) -> Credentials:
+        """The pull's credentials for ``endpoint``'s host, or none: they go to one registry."""
+        if self.credentials.is_for(endpoint.host, self.reference.domain):
+            return self.credentials
+        return Credentials()
+
+    def _identity(self, endpoint: Endpoint) -> str:
+        return self._credentials_for(endpoint).identity()
 
     def _live_endpoints(self, capability: str) -> list[Endpoint]:
         """Endpoints that may serve ``capability`` (hosts.toml's pull or resolve), alive first."""
@@ -113,7 +136,7 @@ class RepositoryClient:
         """One request with auth: answers a 401 challenge once, then gives up."""
         url = endpoint.url(path)
         ssl_arg: Any = self.client.ssl.get(endpoint)
-        cached = self.client.tokens.get(endpoint.base_url, self.scope, self._identity())
+        cached = self.client.tokens.get(endpoint.base_url, self.scope, self._identity(endpoint))
         request_headers = {**dict(endpoint.headers), **headers}
         if cached:
             request_headers["Authorization"] = cached
@@ -130,7 +153,7 @@ class RepositoryClient:
                                                        ssl=ssl_arg, timeout=timeout)
         if response.status == 401:
             response.release()
-            has_credentials = self.credentials != Credentials()
+            has_credentials = self._credentials_for(endpoint).secrets() != Credentials()
             refused = "the given credentials" if has_credentials else "anonymous access"
             raise RuntimeFailure(
                 f"{endpoint} refused {refused} for {self.reference.name} (401 Unauthorized); "
@@ -151,43 +174,48 @@ class RepositoryClient:
                 return await self._bearer(endpoint, challenge.params)
         for challenge in challenges:
             if challenge.scheme == "basic":
-                basic = self.credentials.basic_header()
+                basic = self._credentials_for(endpoint).basic_header()
                 if basic is None:
                     raise RuntimeFailure(
                         f"{endpoint} needs a username and password for {self.reference.name}; "
                         "none were given in the pull request's auth"
                     )
-                self.client.tokens.put(endpoint.base_url, self.scope, self._identity(), basic,
-                                       3600.0)
+                self.client.tokens.put(endpoint.base_url, self.scope, self._identity(endpoint),
+                                       basic, 3600.0)
                 return basic
         raise RuntimeFailure(
             f"{endpoint} asked for authentication crisp does not support: {header!r}"
         )
 
     async def _bearer(self, endpoint: Endpoint, params: dict[str, str]) -> str:
-        if self.credentials.registry_token:
-            return "Bearer " + self.credentials.registry_token
+        credentials = self._credentials_for(endpoint)
+        if credentials.registry_token:
+            return "Bearer " + credentials.registry_token
         realm = params.get("realm")
         if not realm:
             raise RuntimeFailure(f"{endpoint} sent a bearer challenge without a realm")
         service = params.get("service", "")
         scope = params.get("scope") or self.scope
         session = self.client.session()
+        # a token service on the registry's own host is reached with the registry's TLS setup
+        ssl_arg: Any = (self.client.ssl.get(endpoint)
+                        if realm.startswith(f"https://{endpoint.host}/") else None)
         try:
-            if self.credentials.identity_token:
+            if credentials.identity_token:
                 form = {"grant_type": "refresh_token",
-                        "refresh_token": self.credentials.identity_token,
+                        "refresh_token": credentials.identity_token,
                         "service": service, "scope": scope, "client_id": "crisp"}
-                response = await session.post(realm, data=form)
+                response = await session.post(realm, data=form, ssl=ssl_arg)
             else:
                 query = {"scope": scope}
                 if service:
                     query["service"] = service
                 headers = {}
-                basic = self.credentials.basic_header()
+                basic = credentials.basic_header()
                 if basic:
                     headers["Authorization"] = basic
-                response = await session.get(realm, params=query, headers=headers)
+                response = await session.get(realm, params=query, headers=headers,
+                                             ssl=ssl_arg)
             async with response:
                 if response.status != 200:
                     body = (await response.text())[:300]
@@ -202,7 +230,8 @@ class RepositoryClient:
             raise RuntimeFailure(f"token server {realm} answered without a token")
         value = "Bearer " + token
         expires_in = float(answer.get("expires_in") or 60)
-        self.client.tokens.put(endpoint.base_url, self.scope, self._identity(), value, expires_in)
+        self.client.tokens.put(endpoint.base_url, self.scope, self._identity(endpoint), value,
+                               expires_in)
         return value
 
     async def _with_retries(

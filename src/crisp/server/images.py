@@ -28,8 +28,9 @@ def _credentials(auth: cri_pb2.AuthConfig) -> Credentials | None:
     credentials = Credentials(
         username=auth.username, password=auth.password, auth=auth.auth,
         identity_token=auth.identity_token, registry_token=auth.registry_token,
+        server_address=auth.server_address,
     )
-    return None if credentials == Credentials() else credentials
+    return None if credentials.secrets() == Credentials() else credentials
 
 
 def to_cri_image(image: Image) -> cri_pb2.Image:
