@@ -154,3 +154,26 @@ def test_reload_of_a_broken_file_keeps_the_running_config(tmp_path: Path) -> Non
     with pytest.raises(ConfigError):
         live.reload()
     assert live.current.log_level == "warning"
+
+
+def test_registry_tls_and_hosts_dir_options() -> None:
+    from crisp.config import ConfigError, parse
+
+    config = parse('[registries]\nconfig_path = "/etc/containerd/certs.d"\n'
+                   'auth_file = "/root/.docker/config.json"\n'
+                   '[registries.tls."r.example:5000"]\nca_file = "/ca.crt"\n'
+                   'cert_file = "/c.pem"\ninsecure_skip_verify = false\n')
+    assert config.registries.tls["r.example:5000"].ca_file == "/ca.crt"
+    assert config.registries.config_path == "/etc/containerd/certs.d"
+    try:
+        parse('[registries.tls."r"]\nkey_file = "k"\ncolour = 1\n')
+    except ConfigError as error:
+        assert "registries.tls.r.colour" in str(error)
+    else:
+        raise AssertionError("an unknown TLS option was accepted")
+    try:
+        parse('[registries.tls."r"]\nkey_file = "/k"\n')
+    except ConfigError as error:
+        assert "needs cert_file" in str(error)
+    else:
+        raise AssertionError("key_file without cert_file was accepted")

@@ -192,6 +192,18 @@ def _check(config: Config) -> list[tuple[str, str]]:
                         f"must be an http:// or https:// URL, not {mirror!r}",
                     )
                 )
+    for host, tls in config.registries.tls.items():
+        if tls.key_file and not tls.cert_file:
+            problems.append((f"registries.tls.{host}.key_file", "needs cert_file too"))
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(tls, name)
+            if value and not os.path.isabs(value):
+                problems.append((f"registries.tls.{host}.{name}",
+                                 f"must be an absolute path, not {value!r}"))
+    for name in ("config_path", "auth_file"):
+        value = getattr(config.registries, name)
+        if value and not os.path.isabs(value):
+            problems.append((f"registries.{name}", f"must be an absolute path, not {value!r}"))
     for key, port in [
         ("streaming.port", config.streaming.port),
         ("metrics.port", config.metrics.port),

@@ -1,0 +1,128 @@
+"""containerd hosts.toml parsing, crisp's TLS table, and which of the two wins."""
+
+from pathlib import Path
+
+import pytest
+
+from crisp.config import Config, LiveConfig, RegistryConfig, RegistryTLS
+from crisp.errors import InvalidArgument
+from crisp.images.auth import Credentials, from_auth_file, normalize_host
+from crisp.images.endpoints import Endpoint, endpoints_for, parse_hosts_toml, tls_reason
+
+
+def live(**registries: object) -> LiveConfig:
+    return LiveConfig(Config(registries=RegistryConfig(**registries)), None)  # type: ignore[arg-type]
+
+
+def test_hosts_toml_every_key(tmp_path: Path) -> None:
+    text = """
+server = "https://registry.example:5000"
+ca = "root.crt"
+
+[host."https://m1.example/v2"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+  client = [["/c/a.cert", "/c/a.key"], ["b.pem", ""]]
+  [host."https://m1.example/v2".header]
+    x-one = "1"
+    x-two = ["a", "b"]
+
+[host."http://m2.example:8080/custom/api"]
+  capabilities = ["pull"]
+  override_path = true
+  ca = ["/x.crt", "y.crt"]
+  client = "/c/both.pem"
+"""
+    hosts = parse_hosts_toml(text, "registry.example:5000", tmp_path, "hosts.toml")
+    assert hosts.server == Endpoint("https://registry.example:5000", False,
+                                    ca_files=(str(tmp_path / "root.crt"),),
+                                    capabilities=frozenset({"pull", "resolve"}),
+                                    source="hosts.toml")
+    first, second = hosts.mirrors
+    assert first.base_url == "https://m1.example" and not first.verify_tls
+    assert first.client_certs == (("/c/a.cert", "/c/a.key"), (str(tmp_path / "b.pem"), ""))
+    assert first.headers == (("x-one", "1"), ("x-two", "a, b"))
+    assert second.url("/v2/a/manifests/x") == "http://m2.example:8080/custom/api/a/manifests/x"
+    assert second.capabilities == frozenset({"pull"}) and not second.can("resolve")
+    assert second.ca_files == ("/x.crt", str(tmp_path / "y.crt"))
+    assert second.client_certs == (("/c/both.pem", ""),)
+    assert first.url("/v2/a/blobs/d") == "https://m1.example/v2/a/blobs/d"
+
+
+@pytest.mark.parametrize("text", ['server = 5', '[host."ftp://x"]', '[host."https://x"]\n'
+                                  'capabilities = "pull"', '[host."https://x"]\nca = 1'])
+def test_bad_hosts_toml_names_the_file(tmp_path: Path, text: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"hosts\.toml"):
+        parse_hosts_toml(text, "r.example", tmp_path, "hosts.toml")
+
+
+def test_own_table_wins_and_hosts_dir_fills_in(tmp_path: Path) -> None:
+    (tmp_path / "r.example").mkdir()
+    (tmp_path / "r.example" / "hosts.toml").write_text(
+        '[host."https://hm.example"]\nca = "/h.crt"\n')
+    (tmp_path / "_default").mkdir()
+    (tmp_path / "_default" / "hosts.toml").write_text('[host."https://dm.example"]\n')
+    only_dir = live(config_path=str(tmp_path))
+    assert [e.base_url for e in endpoints_for("r.example", only_dir)] == [
+        "https://hm.example", "https://r.example"]
+    assert [e.base_url for e in endpoints_for("other.example", only_dir)] == [
+        "https://dm.example", "https://other.example"]
+    both = live(config_path=str(tmp_path), mirrors={"r.example": ["https://own.example"]},
+                tls={"hm.example": RegistryTLS(ca_file="/own.crt")})
+    assert [e.base_url for e in endpoints_for("r.example", both)] == [
+        "https://own.example", "https://r.example"]
+    # a host named in [registries.tls] takes crisp's TLS settings over the hosts.toml ones
+    mirror = endpoints_for("r.example", live(config_path=str(tmp_path), tls={
+        "hm.example": RegistryTLS(ca_file="/own.crt")}))[0]
+    assert mirror.ca_files == ("/own.crt",)
+
+
+def test_docker_certs_dir_without_hosts_toml(tmp_path: Path) -> None:
+    host = tmp_path / "r.example:5000"
+    host.mkdir()
+    for name in ("ca.crt", "client.cert", "client.key"):
+        (host / name).write_text("")
+    (registry,) = endpoints_for("r.example:5000", live(config_path=str(tmp_path)))
+    assert registry.ca_files == (str(host / "ca.crt"),)
+    assert registry.client_certs == ((str(host / "client.cert"), str(host / "client.key")),)
+
+
+def test_tls_table_makes_local_registries_https() -> None:
+    (registry,) = endpoints_for("127.0.0.1:5000", live(tls={"127.0.0.1:5000": RegistryTLS()}))
+    assert registry.base_url == "https://127.0.0.1:5000"
+
+
+def test_tls_reason_words() -> None:
+    class Verify(Exception):
+        def __init__(self, code: int, message: str):
+            self.verify_code = code
+            self.verify_message = message
+
+    assert "unknown authority" in tls_reason(Verify(20, "unable to get local issuer"))
+    assert "name mismatch" in tls_reason(Verify(62, "Hostname mismatch"))
+    assert "expired" in tls_reason(Verify(10, "certificate has expired"))
+
+
+def test_server_address_scoping_and_hub_names() -> None:
+    hub = Credentials(username="u", password="p", server_address="https://index.docker.io/v1/")
+    assert hub.is_for("registry-1.docker.io", "docker.io")
+    assert not hub.is_for("mirror.example", "docker.io")
+    unscoped = Credentials(username="u", password="p")
+    assert unscoped.is_for("quay.io", "quay.io") and not unscoped.is_for("m.example", "quay.io")
+    assert normalize_host("HTTPS://Registry.Example:5000/v2/") == "registry.example:5000"
+    assert "p" not in repr(Credentials(username="u", password="secret-p")).replace("password", "")
+
+
+def test_auth_file_longest_key_wins() -> None:
+    text = ('{"auths": {"https://index.docker.io/v1/": {"auth": "aHViOng="},'
+            ' "quay.io": {"username": "q", "password": "1"},'
+            ' "quay.io/team": {"identitytoken": "refresh"}}}')
+    hub = from_auth_file(text, "docker.io", "library/busybox", "auth.json")
+    assert hub is not None and hub.user_password() == ("hub", "x")
+    team = from_auth_file(text, "quay.io", "team/app", "auth.json")
+    assert team is not None and team.identity_token == "refresh"
+    other = from_auth_file(text, "quay.io", "else/app", "auth.json")
+    assert other is not None and other.username == "q"
+    assert from_auth_file(text, "ghcr.io", "a/b", "auth.json") is None
+    with pytest.raises(InvalidArgument, match=r"auth\.json"):
+        from_auth_file("{", "x", "y", "auth.json")
