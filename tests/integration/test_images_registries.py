@@ -180,3 +180,77 @@ async def test_node_wide_auth_file(tmp_path: Path) -> None:
         }}))
         live = config(tmp_path, auth_file=str(auth_file))
         assert await pull(live, tmp_path, f"{private.host}/private/busybox:latest") == image.id
+
+
+async def test_registries_conf_mirror_rewrite_search_and_drop_ins(tmp_path: Path,
+                                                                  plain: Plain) -> None:
+    proxy = FlakyProxy(plain.registry.url, drops=0)
+    await proxy.start()
+    try:
+        conf = tmp_path / "registries.conf"
+        conf.write_text(
+            'unqualified-search-registries = ["nowhere.invalid"]\n'
+            '[[registry]]\nprefix = "upstream.invalid:5000"\nlocation = "upstream.invalid:5000"\n'
+            f'[[registry.mirror]]\nlocation = "{proxy.host}"\n'
+            # a namespace moved: example.invalid/apps/X is <registry>/test/X
+            f'[[registry]]\nprefix = "example.invalid/apps"\n'
+            f'location = "{plain.registry.host}/test"\n')
+        (tmp_path / "registries.conf.d").mkdir()
+        (tmp_path / "registries.conf.d" / "50-search.conf").write_text(
+            f'unqualified-search-registries = ["{plain.registry.host}"]\n')
+        live = config(tmp_path, registries_conf=str(conf))
+        async with open_service(tmp_path / "root", live) as svc:
+            assert (await svc.pull("upstream.invalid:5000/test/busybox:latest")).id == \
+                plain.image.id
+            assert proxy.blob_requests >= 1
+            await svc.remove(plain.image.id)
+            pulled = await svc.pull("example.invalid/apps/busybox:latest")
+            assert pulled.id == plain.image.id
+            assert pulled.repo_tags == ["example.invalid/apps/busybox:latest"]
+            await svc.remove(plain.image.id)
+            # a short name uses the drop-in's search list (registries.search is at its default)
+            assert (await svc.pull("test/busybox:latest")).id == plain.image.id
+    finally:
+        await proxy.stop()
+
+
+async def test_registries_conf_digest_only_mirror_and_blocked(tmp_path: Path,
+                                                              plain: Plain) -> None:
+    proxy = FlakyProxy(plain.registry.url, drops=0)
+    await proxy.start()
+    try:
+        conf = tmp_path / "registries.conf"
+        conf.write_text(
+            f'[[registry]]\nlocation = "{plain.registry.host}"\n'
+            f'[[registry.mirror]]\nlocation = "{proxy.host}"\npull-from-mirror = "digest-only"\n'
+            '[[registry]]\nlocation = "evil.invalid"\nblocked = true\n')
+        live = config(tmp_path, registries_conf=str(conf))
+        async with open_service(tmp_path / "root", live) as svc:
+            assert (await svc.pull(f"{plain.registry.host}/test/busybox:latest")).id == \
+                plain.image.id
+            assert proxy.blob_requests == 0  # a pull by tag does not use a digest-only mirror
+            with pytest.raises(FailedPrecondition, match=r"evil\.invalid is blocked") as raised:
+                await svc.pull("evil.invalid/any/thing:latest")
+            assert str(conf) in str(raised.value)
+    finally:
+        await proxy.stop()
+
+
+async def test_registries_conf_certs_d(tmp_path: Path, plain: Plain, ca: CA,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from crisp.images import endpoints
+
+    server = ca.issue(tmp_path, "server")
+    client = ca.issue(tmp_path, "client", client=True)
+    with running_registry(tls=ServerTLS(server.cert, server.key, client_ca=ca.cert_path),
+                          storage=plain.storage) as tls:
+        certs = tmp_path / "containers-certs.d" / tls.host
+        certs.mkdir(parents=True)
+        (certs / "ca.crt").write_bytes(ca.cert_path.read_bytes())
+        (certs / "client.cert").write_bytes(client.cert.read_bytes())
+        (certs / "client.key").write_bytes(client.key.read_bytes())
+        monkeypatch.setattr(endpoints, "CERTS_DIRS", (str(tmp_path / "containers-certs.d"),))
+        conf = tmp_path / "registries.conf"
+        conf.write_text(f'[[registry]]\nlocation = "{tls.host}"\n')
+        live = config(tmp_path, registries_conf=str(conf))
+        assert await pull(live, tmp_path, f"{tls.host}/test/busybox:latest") == plain.image.id

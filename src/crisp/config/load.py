@@ -200,7 +200,7 @@ def _check(config: Config) -> list[tuple[str, str]]:
             if value and not os.path.isabs(value):
                 problems.append((f"registries.tls.{host}.{name}",
                                  f"must be an absolute path, not {value!r}"))
-    for name in ("config_path", "auth_file"):
+    for name in ("config_path", "registries_conf", "auth_file"):
         value = getattr(config.registries, name)
         if value and not os.path.isabs(value):
             problems.append((f"registries.{name}", f"must be an absolute path, not {value!r}"))

@@ -95,6 +95,12 @@ class RegistryConfig:
         "it fills in what this table leaves unset for a host.",
         live=True,
     )
+    registries_conf: str = option(
+        "",
+        "A containers-registries.conf v2 file (and its FILE.d/*.conf drop-ins), as CRI-O "
+        "reads it; it fills in what this table and config_path leave unset.",
+        live=True,
+    )
     auth_file: str = option(
         "",
         "Node-wide credentials in docker config.json / containers auth.json form, used by "

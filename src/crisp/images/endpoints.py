@@ -20,13 +20,14 @@ import logging
 import os
 import ssl
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from crisp.config import LiveConfig, RegistryConfig
 from crisp.errors import FailedPrecondition, InvalidArgument
+from crisp.images import registries_conf
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Endpoint:
     capabilities: frozenset[str] = field(default=ALL_CAPABILITIES)
     override_path: bool = False
     source: str = ""  # the file it came from, for error messages
+    repository: str = ""  # the repository path here, if registries.conf rewrote it
 
     def __str__(self) -> str:
         return self.base_url + (" (mirror)" if self.mirror else "")
@@ -82,19 +84,47 @@ def _with_own_tls(endpoint: Endpoint, config: RegistryConfig) -> Endpoint:
         return endpoint
     cas = (tls.ca_file,) if tls.ca_file else ()
     clients = ((tls.cert_file, tls.key_file),) if tls.cert_file else ()
-    return Endpoint(endpoint.base_url, endpoint.mirror, not tls.insecure_skip_verify, cas,
-                    clients, endpoint.headers, endpoint.capabilities, endpoint.override_path,
-                    endpoint.source)
+    return replace(endpoint, verify_tls=not tls.insecure_skip_verify, ca_files=cas,
+                   client_certs=clients)
 
 
-def endpoints_for(domain: str, live: LiveConfig) -> list[Endpoint]:
-    """Mirrors of ``domain`` in configured order, then the registry itself."""
+# the per-host certificate directories that go with registries.conf
+CERTS_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
+
+
+def search_registries(config: RegistryConfig) -> list[str]:
+    """registries.search, or registries.conf's unqualified-search-registries while
+    registries.search is left at its default."""
+    if config.registries_conf and config.search == RegistryConfig().search:
+        conf = registries_conf.load(config.registries_conf)
+        if conf is not None and conf.search is not None:
+            return list(conf.search)
+    return config.search
+
+
+def endpoints_for(domain: str, live: LiveConfig, path: str = "",
+                  by_digest: bool = False) -> list[Endpoint]:
+    """Mirrors of ``domain`` in configured order, then the registry itself.
+
+    Sources in order of precedence: crisp's table, the hosts directory, registries.conf (a
+    blocked registry there is refused whatever the others say).
+    """
     config = live.current.registries
     hosts = read_hosts_dir(config.config_path, domain) if config.config_path else None
+    conf = registries_conf.load(config.registries_conf) if config.registries_conf else None
+    entry = registries_conf.find(conf, domain, path) if conf is not None else None
+    if entry is not None and entry.blocked:
+        raise FailedPrecondition(
+            f"registry {domain} is blocked (prefix {entry.prefix!r} in {entry.source})"
+        )
+    places = (registries_conf.places(entry, domain, path, by_digest)
+              if entry is not None and hosts is None else [])
     if domain in config.mirrors:
         result = [Endpoint(url.rstrip("/"), True) for url in config.mirrors[domain]]
+    elif hosts is not None:
+        result = list(hosts.mirrors)
     else:
-        result = list(hosts.mirrors) if hosts else []
+        result = [e for place in places if place.mirror for e in _conf_endpoints(place, path)]
     host = DOCKER_HUB_API if domain == "docker.io" else domain
     own_tls = _tls_for(domain, config)
     if own_tls is not None:
@@ -104,11 +134,34 @@ def endpoints_for(domain: str, live: LiveConfig) -> list[Endpoint]:
         result.append(Endpoint(f"http://{host}", False))
     elif hosts is not None and hosts.server is not None:
         result.append(hosts.server)
+    elif places:
+        result.extend(_conf_endpoints(places[-1], path))
     elif _host_only(domain) in LOCAL_HOSTS:
         result.append(Endpoint(f"http://{host}", False))
     else:
         result.append(Endpoint(f"https://{host}", False))
     return [_with_own_tls(endpoint, config) for endpoint in result]
+
+
+def _conf_endpoints(place: registries_conf.Place, path: str) -> list[Endpoint]:
+    """A registries.conf location as endpoints, with its certs.d CAs and client pairs."""
+    host = DOCKER_HUB_API if place.host == "docker.io" else place.host
+    repository = "" if place.repository == path else place.repository
+    if place.insecure:
+        return [Endpoint(f"https://{host}", place.mirror, verify_tls=False,
+                         repository=repository),
+                Endpoint(f"http://{host}", place.mirror, repository=repository)]
+    cas: tuple[str, ...] = ()
+    clients: tuple[tuple[str, str], ...] = ()
+    for directory in CERTS_DIRS:
+        found = _certs_dir(Path(directory) / place.host, place.host)
+        if found is not None and found.server is not None:
+            cas, clients = found.server.ca_files, found.server.client_certs
+            break
+    if not cas and not clients and _host_only(place.host) in LOCAL_HOSTS:
+        return [Endpoint(f"http://{host}", place.mirror, repository=repository)]
+    return [Endpoint(f"https://{host}", place.mirror, ca_files=cas, client_certs=clients,
+                     repository=repository)]
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,20 @@ class RepositoryClient:
         self.client = client
         self.reference = reference
         self.credentials = credentials
-        self.endpoints = endpoints_for(reference.domain, client.live)
-        self.scope = f"repository:{reference.path}:pull"
+        self.endpoints = endpoints_for(reference.domain, client.live, reference.path,
+                                       reference.digest is not None)
         self._dead: set[Endpoint] = set()
+
+    def _repository(self, endpoint: Endpoint) -> str:
+        """The repository path on ``endpoint`` (registries.conf may rewrite it)."""
+        return endpoint.repository or self.reference.path
+
+    def _scope(self, endpoint: Endpoint) -> str:
+        return f"repository:{self._repository(endpoint)}:pull"
+
+    def _token_key(self, endpoint: Endpoint) -> tuple[str, str, str]:
+        """Cached tokens are per endpoint, scope and (a digest of) the credentials."""
+        return endpoint.base_url, self._scope(endpoint), self._identity(endpoint)
 
     def _credentials_for(self, endpoint: Endpoint) -> Credentials:
         """The pull's credentials for ``endpoint``'s host, or none: they go to one registry."""
@@ -136,7 +147,7 @@ class RepositoryClient:
         """One request with auth: answers a 401 challenge once, then gives up."""
         url = endpoint.url(path)
         ssl_arg: Any = self.client.ssl.get(endpoint)
-        cached = self.client.tokens.get(endpoint.base_url, self.scope, self._identity(endpoint))
+        cached = self.client.tokens.get(*self._token_key(endpoint))
         request_headers = {**dict(endpoint.headers), **headers}
         if cached:
             request_headers["Authorization"] = cached
@@ -180,8 +191,7 @@ class RepositoryClient:
                         f"{endpoint} needs a username and password for {self.reference.name}; "
                         "none were given in the pull request's auth"
                     )
-                self.client.tokens.put(endpoint.base_url, self.scope, self._identity(endpoint),
-                                       basic, 3600.0)
+                self.client.tokens.put(*self._token_key(endpoint), basic, 3600.0)
                 return basic
         raise RuntimeFailure(
             f"{endpoint} asked for authentication crisp does not support: {header!r}"
@@ -195,7 +205,7 @@ class RepositoryClient:
         if not realm:
             raise RuntimeFailure(f"{endpoint} sent a bearer challenge without a realm")
         service = params.get("service", "")
-        scope = params.get("scope") or self.scope
+        scope = params.get("scope") or self._scope(endpoint)
         session = self.client.session()
         # a token service on the registry's own host is reached with the registry's TLS setup
         ssl_arg: Any = (self.client.ssl.get(endpoint)
@@ -230,8 +240,7 @@ class RepositoryClient:
             raise RuntimeFailure(f"token server {realm} answered without a token")
         value = "Bearer " + token
         expires_in = float(answer.get("expires_in") or 60)
-        self.client.tokens.put(endpoint.base_url, self.scope, self._identity(endpoint), value,
-                               expires_in)
+        self.client.tokens.put(*self._token_key(endpoint), value, expires_in)
         return value
 
     async def _with_retries(
@@ -283,7 +292,6 @@ class RepositoryClient:
 
     async def fetch_manifest(self, obj: str) -> FetchedManifest:
         """The manifest (or index) named by tag or digest ``obj``, its digest checked."""
-        path = f"/v2/{self.reference.path}/manifests/{obj}"
         errors: list[str] = []
         capability = "pull" if obj.startswith("sha256:") else "resolve"
         endpoints = self._live_endpoints(capability)
@@ -293,6 +301,7 @@ class RepositoryClient:
                 "(capabilities in hosts.toml)"
             )
         for endpoint in endpoints:
+            path = f"/v2/{self._repository(endpoint)}/manifests/{obj}"
             try:
                 response = await self._with_retries(endpoint, "GET", path, {"Accept": ACCEPT})
             except Unavailable as error:
@@ -345,7 +354,6 @@ class RepositoryClient:
 
         DeadlineExceeded if no byte arrives for ``progress_timeout`` seconds (0: no limit).
         """
-        path = f"/v2/{self.reference.path}/blobs/{descriptor.digest}"
         errors: list[str] = []
         endpoints = self._live_endpoints("pull")
         if not endpoints:
@@ -354,6 +362,7 @@ class RepositoryClient:
                 "(capabilities in hosts.toml)"
             )
         for endpoint in endpoints:
+            path = f"/v2/{self._repository(endpoint)}/blobs/{descriptor.digest}"
             stalls = 0
             while stalls < ATTEMPTS:
                 before = ingest.written

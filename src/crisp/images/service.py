@@ -24,6 +24,7 @@ from crisp.errors import InvalidArgument, NotFound, Unavailable
 from crisp.images import archive
 from crisp.images.auth import Credentials
 from crisp.images.content import ContentStore
+from crisp.images.endpoints import search_registries
 from crisp.images.gate import PullGate
 from crisp.images.gc import GarbageCollector, GcResult
 from crisp.images.manifest import Manifest, parse_config
@@ -117,7 +118,8 @@ class ImageService:
 
         A short name (no registry) is tried in each of ``registries.search`` in order.
         """
-        candidates = search_candidates(reference, self.live.current.registries.search)
+        candidates = search_candidates(reference,
+                                       search_registries(self.live.current.registries))
         for candidate in candidates[:-1]:
             try:
                 return await self._pull(candidate, auth)
@@ -166,7 +168,8 @@ class ImageService:
         if full_id is not None and await self.store.records.get(full_id) is not None:
             return full_id
         try:
-            candidates = search_candidates(reference, self.live.current.registries.search)
+            candidates = search_candidates(
+                reference, search_registries(self.live.current.registries))
         except InvalidArgument:
             candidates = []
         for ref in candidates:
