@@ -126,3 +126,47 @@ def test_auth_file_longest_key_wins() -> None:
     assert from_auth_file(text, "ghcr.io", "a/b", "auth.json") is None
     with pytest.raises(InvalidArgument, match=r"auth\.json"):
         from_auth_file("{", "x", "y", "auth.json")
+
+
+def test_registries_conf_parsing_and_matching(tmp_path: Path) -> None:
+    from crisp.images import registries_conf as rc
+
+    conf_file = tmp_path / "registries.conf"
+    conf_file.write_text(
+        'unqualified-search-registries = ["a.example"]\n'
+        '[[registry]]\nprefix = "q.example"\nlocation = "q.example"\ninsecure = true\n'
+        '[[registry]]\nprefix = "*.corp.example"\n'
+        '[[registry.mirror]]\nlocation = "m.example/cache"\n'
+        '[[registry]]\nlocation = "d.example"\nmirror-by-digest-only = true\n'
+        '[[registry.mirror]]\nlocation = "dm.example"\n')
+    (tmp_path / "registries.conf.d").mkdir()
+    (tmp_path / "registries.conf.d" / "10.conf").write_text(
+        '[[registry]]\nprefix = "q.example"\nlocation = "q2.example"\n')
+    conf = rc.load(str(conf_file))
+    assert conf is not None and conf.search == ("a.example",)
+    q = rc.find(conf, "q.example", "team/app")
+    assert q is not None and q.location == "q2.example" and not q.insecure  # drop-in won
+    wild = rc.find(conf, "reg.corp.example", "x/y")
+    assert wild is not None
+    assert rc.places(wild, "reg.corp.example", "x/y", False) == [
+        rc.Place("m.example", "cache", False, True), rc.Place("reg.corp.example", "x/y", False,
+                                                               False)]
+    digest_only = rc.find(conf, "d.example", "a")
+    assert digest_only is not None
+    assert [p.host for p in rc.places(digest_only, "d.example", "a", False)] == ["d.example"]
+    assert [p.host for p in rc.places(digest_only, "d.example", "a", True)] == [
+        "dm.example", "d.example"]
+    assert rc.find(conf, "other.example", "a") is None
+    assert rc.load(str(tmp_path / "missing.conf")) is None
+
+
+@pytest.mark.parametrize("text", ['[registries.search]\nregistries = ["x"]',
+                                  '[[registry]]\ninsecure = true',
+                                  '[[registry]]\nprefix = "*.x"\nlocation = "y"',
+                                  '[[registry]]\nlocation = "x"\n[[registry.mirror]]\n'
+                                  'location = "m"\npull-from-mirror = "sometimes"'])
+def test_bad_registries_conf_names_the_file(text: str) -> None:
+    from crisp.images import registries_conf as rc
+
+    with pytest.raises(InvalidArgument, match=r"registries\.conf"):
+        rc.parse(text, "/etc/containers/registries.conf")
