@@ -170,3 +170,22 @@ def test_bad_registries_conf_names_the_file(text: str) -> None:
 
     with pytest.raises(InvalidArgument, match=r"registries\.conf"):
         rc.parse(text, "/etc/containers/registries.conf")
+
+
+def test_config_show_describes_every_configured_host(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from crisp.cli.daemon import main
+
+    (tmp_path / "certs.d" / "r.example:5000").mkdir(parents=True)
+    (tmp_path / "certs.d" / "r.example:5000" / "hosts.toml").write_text(
+        '[host."https://m.example"]\ncapabilities = ["pull"]\n')
+    (tmp_path / "reg.conf").write_text('[[registry]]\nlocation = "bad.example"\nblocked = true\n')
+    (tmp_path / "crisp.toml").write_text(
+        f'[registries]\nconfig_path = "{tmp_path}/certs.d"\n'
+        f'registries_conf = "{tmp_path}/reg.conf"\n'
+        '[registries.tls."q.example"]\nca_file = "/ca.crt"\n')
+    assert main(["--config", str(tmp_path / "crisp.toml"), "config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "bad.example is blocked" in out
+    assert "https://q.example capabilities=pull,resolve verify ca=/ca.crt" in out
+    assert "https://m.example (mirror) capabilities=pull" in out

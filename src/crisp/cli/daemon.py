@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands.add_parser("default", help="print a complete config file with every default")
     check = config_commands.add_parser("check", help="validate a config file")
     check.add_argument("file", metavar="FILE")
+    show = config_commands.add_parser(
+        "show", help="print the effective registry setup per host (all sources merged)")
+    show.add_argument("hosts", metavar="HOST", nargs="*",
+                      help="registry hosts (or host/repository); default: every configured one")
     return parser
 
 
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_command == "default":
             sys.stdout.write(render_default())
             return 0
+        if args.config_command == "show":
+            return _show(args.config, args.hosts)
         return _check(Path(args.file))
     return _daemon(args.config)
 
@@ -51,6 +57,20 @@ def _check(path: Path) -> int:
         print(error, file=sys.stderr)
         return 1
     print(f"{path}: ok")
+    return 0
+
+
+def _show(explicit_config: str | None, hosts: list[str]) -> int:
+    from crisp.errors import CrispError
+    from crisp.images.endpoints import describe
+
+    path = config_path(explicit_config)
+    try:
+        live = LiveConfig(load(path), path)
+        sys.stdout.write(describe(live, hosts))
+    except (ConfigError, CrispError) as error:
+        print(f"crisp: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

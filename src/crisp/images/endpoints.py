@@ -385,3 +385,43 @@ def tls_reason(error: BaseException) -> str:
         return (f"the registry wants a client certificate it trusts ({text}); give cert_file "
                 "and key_file in [registries.tls] or client in hosts.toml")
     return f"TLS handshake failed ({text})"
+
+
+def known_hosts(config: RegistryConfig) -> list[str]:
+    """Every registry host some source configures, for ``crisp config show``."""
+    hosts: set[str] = {*config.mirrors, *config.tls, *config.insecure}
+    if config.config_path and Path(config.config_path).is_dir():
+        hosts.update(p.name for p in Path(config.config_path).iterdir()
+                     if p.is_dir() and p.name != "_default")
+    if config.registries_conf:
+        conf = registries_conf.load(config.registries_conf)
+        for entry in conf.registries if conf is not None else ():
+            if not entry.prefix.startswith("*."):
+                hosts.add(entry.prefix.split("/", 1)[0])
+    return sorted(hosts)
+
+
+def describe(live: LiveConfig, hosts: list[str]) -> str:
+    """The effective endpoints of each host, one block per host, as crisp would use them."""
+    lines: list[str] = []
+    for host in hosts or known_hosts(live.current.registries):
+        domain, _, path = host.partition("/")
+        lines.append(f"{host}:")
+        try:
+            endpoints = endpoints_for(domain, live, path)
+        except FailedPrecondition as error:
+            lines.append(f"  {error}")
+            continue
+        for endpoint in endpoints:
+            parts = [str(endpoint), "capabilities=" + ",".join(sorted(endpoint.capabilities))]
+            if endpoint.base_url.startswith("https://"):
+                parts.append("verify" if endpoint.verify_tls else "no-verify")
+            parts += [f"ca={ca}" for ca in endpoint.ca_files]
+            parts += [f"client={cert}" for cert, _ in endpoint.client_certs]
+            parts += [f"header={name}" for name, _ in endpoint.headers]
+            if endpoint.repository:
+                parts.append(f"repository={endpoint.repository}")
+            if endpoint.source:
+                parts.append(f"from={endpoint.source}")
+            lines.append("  " + " ".join(parts))
+    return "\n".join(lines) + ("\n" if lines else "")
