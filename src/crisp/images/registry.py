@@ -279,7 +279,7 @@ class RepositoryClient:
                 last = f"{type(error).__name__}: {error}"
                 log.debug("%s %s%s failed: %s", method, endpoint, path, last)
                 continue
-            except RuntimeFailure as error:
+            except (RuntimeFailure, FailedPrecondition) as error:
                 if not endpoint.mirror:
                     raise
                 raise Unavailable(f"{endpoint}: {error}") from error  # try the next endpoint
