@@ -255,3 +255,16 @@ def test_port_forward_token_is_single_use(env: PodsEnv, web: str, transport: str
             await PortForward.open(url, transport)
 
     asyncio.run(twice())
+
+
+def test_exec_into_a_container_started_before_a_restart(env: PodsEnv) -> None:
+    pod_id = env.run_pod()
+    container_id = env.run_container(pod_id, env.container_config("survivor",
+                                                                  ["sleep", "3600"]))
+    try:
+        env.daemon.restart()
+        for transport in TRANSPORTS:
+            out, err, code = execute(env, container_id, transport, ["echo", "still here"])
+            assert (out, code) == (b"still here\n", 0), err
+    finally:
+        env.remove_pod(pod_id)
