@@ -69,6 +69,14 @@ def test_exec_exit_code_is_crispctls(env: PodsEnv, container: str, transport: st
         assert result.stderr == b"err\n"
 
 
+def test_exec_sync(env: PodsEnv, container: str) -> None:
+    result = crispctl(env, "exec", "--sync", container, "--", "sh", "-c",
+                      "echo out; echo err >&2; exit 4")
+    assert (result.returncode, result.stdout, result.stderr) == (4, b"out\n", b"err\n")
+    refused = crispctl(env, "exec", "--sync", "-t", container, "--", "true")
+    assert refused.returncode == 2 and b"--sync" in refused.stderr
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_exec_stdin(env: PodsEnv, container: str, transport: str) -> None:
     data = os.urandom(8 * 1024 * 1024)

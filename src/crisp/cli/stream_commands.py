@@ -37,6 +37,10 @@ def add_stream_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     """Register exec, attach and port-forward on crispctl's subcommand parser."""
     run = commands.add_parser("exec", help="run a command in a running container")
     _stdio_flags(run)
+    run.add_argument("-s", "--sync", action="store_true",
+                     help="run through ExecSync (no stdin, no terminal; output when it ends)")
+    run.add_argument("--exec-timeout", type=int, default=0, metavar="SECONDS",
+                     help="with --sync: kill the command after this long (default: no limit)")
     run.add_argument("container", metavar="CONTAINER")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD",
                      help="the command and its arguments")
@@ -79,10 +83,29 @@ def _exec(channel: grpc.Channel, args: argparse.Namespace) -> int:
               "crispctl exec CONTAINER -- CMD", file=sys.stderr)
         return 2
     runtime = cri_pb2_grpc.RuntimeServiceStub(channel)
+    if args.sync:
+        return _exec_sync(runtime, args, cmd)
     response = runtime.Exec(cri_pb2.ExecRequest(
         container_id=args.container, cmd=cmd, tty=args.tty, stdin=args.stdin, stdout=True,
         stderr=not args.tty), timeout=args.timeout)
     return _stream(response.url, args)
+
+
+def _exec_sync(runtime: cri_pb2_grpc.RuntimeServiceStub, args: argparse.Namespace,
+               cmd: list[str]) -> int:
+    """ExecSync has no stdin and no terminal in CRI v1: say so rather than ignore the flags."""
+    if args.stdin or args.tty:
+        print("crispctl exec: --sync takes neither -i nor -t (CRI's ExecSync has no stdin or "
+              "terminal); drop --sync to stream", file=sys.stderr)
+        return 2
+    deadline = args.exec_timeout + args.timeout if args.exec_timeout else None
+    result = runtime.ExecSync(cri_pb2.ExecSyncRequest(
+        container_id=args.container, cmd=cmd, timeout=args.exec_timeout), timeout=deadline)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.buffer.flush()
+    return int(result.exit_code)
 
 
 def _attach(channel: grpc.Channel, args: argparse.Namespace) -> int:
