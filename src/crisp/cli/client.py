@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from crisp.api import cri_pb2, cri_pb2_grpc
 from crisp.cli.endpoint import resolve_endpoint
 from crisp.cli.images_commands import add_image_commands
+from crisp.cli.stream_commands import add_stream_commands
 
 Command = Callable[[grpc.Channel, argparse.Namespace], int]
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         run=_info
     )
     add_image_commands(commands)
+    add_stream_commands(commands)
     return parser
 
 
