@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from crisp.api import cri_pb2
+from tests.support import image_builder as ib
 from tests.support.pods import PodsEnv, mounts_under, pods_environment, wait_for
 
 pytestmark = pytest.mark.integration
@@ -96,6 +97,44 @@ def test_user_is_resolved_against_the_image(env: PodsEnv, pod: str) -> None:
                                                                    config=config))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "no-such-user" in error.value.details()
+
+
+def _grouped_image(env: PodsEnv) -> str:
+    """Busybox whose user app (uid 1000) is a member of group 50000 in /etc/group."""
+    etc = (ib.LayerBuilder()
+           .file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n")
+           .file("etc/group", "root:x:0:\napp:x:1000:\nin-image:x:50000:app\n"))
+    image = ib.build_image([ib.make_layer(ib.busybox_rootfs()), ib.make_layer(etc)])
+    ib.push_image(env.registry, "test/grouped", "v1", image)
+    reference = f"{env.registry.removeprefix('http://')}/test/grouped:v1"
+    env.daemon.images.PullImage(cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=reference)))
+    return reference
+
+
+def test_supplemental_groups_policy_merge_and_strict(env: PodsEnv, pod: str) -> None:
+    """Merge adds the image's /etc/group memberships to the requested groups, Strict does
+    not; ContainerStatus.user reports the groups the process really has."""
+    image = _grouped_image(env)
+    seen = {}
+    for name, policy in (("merge", cri_pb2.Merge), ("strict", cri_pb2.Strict)):
+        config = env.container_config(name, ["sh", "-c", "id -G"], image=image)
+        config.linux.security_context.MergeFrom(cri_pb2.LinuxContainerSecurityContext(
+            run_as_user=cri_pb2.Int64Value(value=1000), supplemental_groups=[1234],
+            supplemental_groups_policy=policy))
+        status = run_to_exit(env, pod, config)
+        user = status.user.linux
+        seen[name] = (log_lines(status.log_path), user.uid, user.gid,
+                      sorted(user.supplemental_groups))
+    assert seen == {"merge": (["1000 1234 50000"], 1000, 1000, [1000, 1234, 50000]),
+                    "strict": (["1000 1234"], 1000, 1000, [1000, 1234])}
+    status = env.runtime.Status(cri_pb2.StatusRequest())
+    assert status.features.supplemental_groups_policy
+    bad = env.container_config("bad-policy", ["true"], image=image)
+    bad.linux.security_context.supplemental_groups_policy = 7  # type: ignore[assignment]
+    with pytest.raises(grpc.RpcError) as error:
+        env.runtime.CreateContainer(cri_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=bad))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "supplemental_groups_policy is 7" in error.value.details()
 
 
 def test_bind_mounts_readonly_and_devices(env: PodsEnv, pod: str, tmp_path: Path) -> None:

@@ -55,7 +55,9 @@ def test_status_reports_conditions_and_effective_config(crisp_daemon: CrispDaemo
     config = json.loads(response.info["config"])
     assert config["socket"] == str(crisp_daemon.socket)
     assert config["runtimes"]["runc"]["runtime_path"] == "runc"
-    assert [h.name for h in response.runtime_handlers] == ["runc"]
+    # "" is the default handler, listed first as the kubelet and critest look for it.
+    assert [h.name for h in response.runtime_handlers] == ["", "runc"]
+    assert response.features.supplemental_groups_policy
     assert not crisp_daemon.runtime.Status(cri_pb2.StatusRequest()).info
 
 

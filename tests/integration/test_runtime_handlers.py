@@ -28,6 +28,15 @@ printf '%s\\n' "$*" >> {log}
 exec runc "$@"
 """
 
+NO_RRO = """#!/bin/sh
+# runc, except that its features document lacks "rro": a runtime too old for it.
+if [ "$1" = features ]; then
+    runc features | sed 's/"rro",//'
+    exit 0
+fi
+exec runc "$@"
+"""
+
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[PodsEnv]:
@@ -36,8 +45,12 @@ def env() -> Iterator[PodsEnv]:
         wrapper = base / "logged-runc"
         wrapper.write_text(WRAPPER.format(log=base / "calls.log"))
         wrapper.chmod(0o755)
+        no_rro = base / "no-rro-runc"
+        no_rro.write_text(NO_RRO)
+        no_rro.chmod(0o755)
         # Naming any [runtimes.*] table replaces the default set: runc is listed again.
-        extra = f'[runtimes.runc]\n[runtimes.logged]\nruntime_path = "{wrapper}"\n'
+        extra = (f'[runtimes.runc]\n[runtimes.logged]\nruntime_path = "{wrapper}"\n'
+                 f'[runtimes.old]\nruntime_path = "{no_rro}"\n')
         with pods_environment(base, extra) as environment:
             yield environment
 
@@ -61,13 +74,15 @@ def commands_for(lines: list[str], container_id: str) -> set[str]:
 def test_status_lists_every_handler_with_its_features(env: PodsEnv) -> None:
     handlers = {h.name: h.features for h in env.runtime.Status(
         cri_pb2.StatusRequest()).runtime_handlers}
-    assert set(handlers) == {"runc", "logged"}
+    # "" is the default handler (runc here), which the kubelet and critest look up by "".
+    assert set(handlers) == {"", "runc", "logged", "old"}
     runc_features = json.loads(subprocess.run(["runc", "features"], capture_output=True,
                                               check=True).stdout)
     major, minor = (int(p) for p in platform.release().split(".")[:2])
     rro = "rro" in runc_features.get("mountOptions", []) and (major, minor) >= (5, 12)
     for name, features in handlers.items():
-        assert features.recursive_read_only_mounts == rro, name
+        # Each handler's own features output decides: "old" leaves "rro" out of it.
+        assert features.recursive_read_only_mounts == (rro and name != "old"), name
         assert not features.user_namespaces, name  # crisp does not map user namespaces yet
 
 
@@ -105,7 +120,7 @@ def test_an_unknown_handler_is_refused_listing_the_configured_ones(env: PodsEnv)
             config=env.pod_config(), runtime_handler="kata"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = str(error.value.details())
-    assert "'kata'" in details and "logged, runc" in details
+    assert "'kata'" in details and "logged, old, runc" in details
 
 
 def test_recursive_read_only_mounts_make_submounts_read_only(env: PodsEnv) -> None:
@@ -125,16 +140,42 @@ def test_recursive_read_only_mounts_make_submounts_read_only(env: PodsEnv) -> No
             config.mounts.append(cri_pb2.Mount(container_path="/data", host_path=str(volume),
                                                readonly=True, recursive_read_only=recursive))
             status = env.wait_exited(env.run_container(pod, config))
-            outputs[name] = Path(status.log_path).read_text().split()[-1]
-        assert outputs == {"rro": "read-only", "ro": "writable"}
-        bad = env.container_config("rro-rw", script)
-        bad.mounts.append(cri_pb2.Mount(container_path="/data", host_path=str(volume),
-                                        recursive_read_only=True))
-        with pytest.raises(grpc.RpcError) as error:
-            env.runtime.CreateContainer(cri_pb2.CreateContainerRequest(pod_sandbox_id=pod,
-                                                                       config=bad))
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "readonly" in str(error.value.details())
+            outputs[name] = (Path(status.log_path).read_text().split()[-1],
+                             [m.recursive_read_only for m in status.mounts
+                              if m.container_path == "/data"])
+        # ContainerStatus reports the mount as it was asked for.
+        assert outputs == {"rro": ("read-only", [True]), "ro": ("writable", [False])}
+        refusals = {
+            "readonly": cri_pb2.Mount(container_path="/data", host_path=str(volume),
+                                      recursive_read_only=True),
+            "private": cri_pb2.Mount(container_path="/data", host_path=str(volume),
+                                     readonly=True, recursive_read_only=True,
+                                     propagation=cri_pb2.PROPAGATION_HOST_TO_CONTAINER),
+            "PROPAGATION_PRIVATE": cri_pb2.Mount(
+                container_path="/data", host_path=str(volume), readonly=True,
+                recursive_read_only=True, propagation=cri_pb2.PROPAGATION_BIDIRECTIONAL),
+        }
+        for expected, mount in refusals.items():
+            bad = env.container_config(f"rro-bad-{mount.propagation}-{mount.readonly}", script)
+            bad.mounts.append(mount)
+            with pytest.raises(grpc.RpcError) as error:
+                env.runtime.CreateContainer(cri_pb2.CreateContainerRequest(
+                    pod_sandbox_id=pod, config=bad))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, expected
+            assert expected in str(error.value.details())
+        old_pod = env.runtime.RunPodSandbox(cri_pb2.RunPodSandboxRequest(
+            config=env.pod_config("old-runtime"), runtime_handler="old")).pod_sandbox_id
+        try:
+            old = env.container_config("rro-old", script)
+            old.mounts.append(cri_pb2.Mount(container_path="/data", host_path=str(volume),
+                                            readonly=True, recursive_read_only=True))
+            with pytest.raises(grpc.RpcError) as error:
+                env.runtime.CreateContainer(cri_pb2.CreateContainerRequest(
+                    pod_sandbox_id=old_pod, config=old))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "'old' does not support recursive read-only" in str(error.value.details())
+        finally:
+            env.remove_pod(old_pod)
     finally:
         env.remove_pod(pod)
         subprocess.run(["umount", str(volume / "sub")], check=False)

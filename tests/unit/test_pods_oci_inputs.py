@@ -27,6 +27,7 @@ from crisp.pods.model import (
     SecurityContext,
     SecurityProfile,
     SELinuxOptions,
+    SupplementalGroupsPolicy,
     UserNamespace,
 )
 from crisp.pods.oci_inputs import container_request, image_defaults, security_request, user_request
@@ -35,6 +36,7 @@ SECURITY = SecurityContext(
     privileged=True,
     namespaces=NamespaceOptions(userns=UserNamespace(mode=NamespaceMode.POD)),
     run_as_user=1000, run_as_group=1001, run_as_username="app", supplemental_groups=[5],
+    supplemental_groups_policy=SupplementalGroupsPolicy.STRICT,
     readonly_rootfs=True, no_new_privs=True, masked_paths=["/m"], readonly_paths=["/r"],
     add_capabilities=["KILL"], drop_capabilities=["ALL"],
     seccomp=SecurityProfile(ProfileKind.LOCALHOST, "p.json"), seccomp_profile_path="x",

@@ -108,3 +108,9 @@ async def handler_features(handler: RuntimeHandler) -> HandlerFeatures:
     """The features Status reports for ``handler`` on this host."""
     document = await runtime_features(handler.runtime_path)
     return features_of(document, kernel_version(platform.release()))
+
+
+async def runtime_supports_rro(runtime_path: str) -> bool:
+    """Whether the OCI runtime at ``runtime_path`` can make recursive read-only mounts here."""
+    document = await runtime_features(runtime_path)
+    return features_of(document, kernel_version(platform.release())).recursive_read_only_mounts

@@ -78,6 +78,13 @@ class Propagation(enum.IntEnum):
     BIDIRECTIONAL = 2
 
 
+class SupplementalGroupsPolicy(enum.IntEnum):
+    """Which groups join the requested ones, numbered as CRI numbers it."""
+
+    MERGE = 0  # the image's /etc/group memberships of the primary user, too
+    STRICT = 1  # only the requested groups (and the primary group)
+
+
 @dataclass(frozen=True)
 class ProcessUser:
     """Who the container's first process runs as, resolved against the image's files."""
@@ -98,6 +105,7 @@ class UserRequest:
     run_as_group: int | None = None
     run_as_username: str = ""
     supplemental_groups: list[int] = field(default_factory=list)
+    supplemental_groups_policy: SupplementalGroupsPolicy = SupplementalGroupsPolicy.MERGE
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crisp.errors import InvalidArgument
-from crisp.oci.model import ProcessUser, UserRequest
+from crisp.oci.model import ProcessUser, SupplementalGroupsPolicy, UserRequest
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,14 @@ def resolve_user_from(
     elif group_part:
         gid = _lookup_group(groups, group_part)
 
-    additional: list[int] = []
-    if name:
-        additional.extend(g.gid for g in groups if name in g.members and g.gid != gid)
+    # The primary group leads the list, as initgroups(3) makes it: the process's groups are
+    # then exactly what ContainerStatus reports, and what `id -G` shows.
+    additional: list[int] = [gid]
+    # Strict keeps the image's /etc/group out: only what the pod asked for.
+    if name and security.supplemental_groups_policy != SupplementalGroupsPolicy.STRICT:
+        additional.extend(g.gid for g in groups if name in g.members and g.gid not in additional)
     for extra in security.supplemental_groups:
-        if extra not in additional and extra != gid:
+        if extra not in additional:
             additional.append(extra)
     return ProcessUser(uid=uid, gid=gid, additional_gids=additional)
 

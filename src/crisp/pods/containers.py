@@ -26,6 +26,8 @@ from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeF
 from crisp.filemodes import public_dir
 from crisp.oci.backend import RuntimeBackend
 from crisp.oci.conmon import MonitorOptions, read_exit_code
+from crisp.oci.handlers import runtime_supports_rro
+from crisp.oci.model import BindMount
 from crisp.oci.security import plan_security
 from crisp.oci.spec import PodPaths, SpecInputs, build_spec, linux_resources
 from crisp.oci.users import resolve_user
@@ -128,6 +130,7 @@ class ContainerManager:
             user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
                                            user_request(config.security))
             request = container_request(config)
+            await _check_rro_support(request.mounts, backend)
             security = await plan_security(
                 request.security, sandbox_privileged=sandbox.config.privileged,
                 without_host_devices=_without_host_devices(ctx, sandbox.runtime_handler),
@@ -491,6 +494,18 @@ class ContainerManager:
                     f"within {REOPEN_LOG_TIMEOUT:.0f}s"
                 )
             await asyncio.sleep(0.01)
+
+
+async def _check_rro_support(mounts: list[BindMount], backend: RuntimeBackend) -> None:
+    """Refuse recursive read-only mounts the handler's runtime cannot make, before runc
+    would fail on them with a message the kubelet cannot act on."""
+    wanted = [m.container_path for m in mounts if m.recursive_read_only]
+    if wanted and not await runtime_supports_rro(backend.runtime.path):
+        raise InvalidArgument(
+            f"mount at {wanted[0]!r}: runtime handler {backend.name!r} does not support "
+            "recursive read-only mounts (its runtime lacks \"rro\" or the kernel is "
+            "older than 5.12); use readonly without recursive_read_only"
+        )
 
 
 def _without_host_devices(ctx: PodContext, handler: str) -> bool:

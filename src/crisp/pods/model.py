@@ -21,6 +21,7 @@ ProfileKind = oci.ProfileKind
 Propagation = oci.Propagation
 SecurityProfile = oci.SecurityProfile
 SELinuxOptions = oci.SELinuxOptions
+SupplementalGroupsPolicy = oci.SupplementalGroupsPolicy
 UserNamespace = oci.UserNamespace
 
 
@@ -90,6 +91,7 @@ class SandboxConfig:
     run_as_user: int | None = None
     run_as_group: int | None = None
     supplemental_groups: list[int] = field(default_factory=list)
+    supplemental_groups_policy: SupplementalGroupsPolicy = SupplementalGroupsPolicy.MERGE
     readonly_rootfs: bool = False
 
 
@@ -112,6 +114,7 @@ class SecurityContext:
     run_as_group: int | None = None
     run_as_username: str = ""
     supplemental_groups: list[int] = field(default_factory=list)
+    supplemental_groups_policy: SupplementalGroupsPolicy = SupplementalGroupsPolicy.MERGE
     readonly_rootfs: bool = False
     no_new_privs: bool = False
     masked_paths: list[str] | None = None

@@ -13,6 +13,7 @@ from crisp.oci.model import (
     DeviceRequest,
     ImageDefaults,
     SecurityRequest,
+    SupplementalGroupsPolicy,
     UserRequest,
 )
 from crisp.pods.model import ContainerConfig, ImageRuntimeConfig, SecurityContext
@@ -24,6 +25,7 @@ def user_request(security: SecurityContext) -> UserRequest:
         run_as_group=security.run_as_group,
         run_as_username=security.run_as_username,
         supplemental_groups=list(security.supplemental_groups),
+        supplemental_groups_policy=SupplementalGroupsPolicy(security.supplemental_groups_policy),
     )
 
 

@@ -146,6 +146,7 @@ class SandboxManager:
                 run_as_user=sandbox.config.run_as_user,
                 run_as_group=sandbox.config.run_as_group,
                 supplemental_groups=list(sandbox.config.supplemental_groups),
+                supplemental_groups_policy=sandbox.config.supplemental_groups_policy,
                 readonly_rootfs=sandbox.config.readonly_rootfs,
             ),
             labels=dict(sandbox.config.labels),

@@ -35,6 +35,7 @@ from crisp.pods.model import (
     ProfileKind,
     SecurityProfile,
     SELinuxOptions,
+    SupplementalGroupsPolicy,
     UserNamespace,
 )
 
@@ -52,6 +53,16 @@ _STATES = {
     SandboxState.READY: cri_pb2.SANDBOX_READY,
     SandboxState.NOTREADY: cri_pb2.SANDBOX_NOTREADY,
 }
+
+
+def groups_policy(value: int) -> SupplementalGroupsPolicy:
+    """CRI's SupplementalGroupsPolicy; a number CRI does not define is the caller's error."""
+    try:
+        return SupplementalGroupsPolicy(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"supplemental_groups_policy {value} is unknown (0 Merge or 1 Strict)"
+        ) from None
 
 
 def _user_namespace(message: cri_pb2.NamespaceOption) -> UserNamespace | None:
@@ -125,6 +136,7 @@ def sandbox_config(message: cri_pb2.PodSandboxConfig) -> SandboxConfig:
         run_as_user=security.run_as_user.value if security.HasField("run_as_user") else None,
         run_as_group=security.run_as_group.value if security.HasField("run_as_group") else None,
         supplemental_groups=list(security.supplemental_groups),
+        supplemental_groups_policy=groups_policy(security.supplemental_groups_policy),
         readonly_rootfs=security.readonly_rootfs,
     )
 
@@ -235,6 +247,7 @@ def _security(message: cri_pb2.LinuxContainerSecurityContext) -> SecurityContext
         run_as_group=message.run_as_group.value if message.HasField("run_as_group") else None,
         run_as_username=message.run_as_username,
         supplemental_groups=list(message.supplemental_groups),
+        supplemental_groups_policy=groups_policy(message.supplemental_groups_policy),
         readonly_rootfs=message.readonly_rootfs,
         no_new_privs=message.no_new_privs,
         masked_paths=list(message.masked_paths) or None,
@@ -337,7 +350,8 @@ def container_status(container: Container,
         annotations=container.config.annotations,
         mounts=[cri_pb2.Mount(container_path=m.container_path, host_path=m.host_path,
                               readonly=m.readonly, selinux_relabel=m.selinux_relabel,
-                              propagation=_PROPAGATIONS[m.propagation])
+                              propagation=_PROPAGATIONS[m.propagation],
+                              recursive_read_only=m.recursive_read_only)
                 for m in container.config.mounts],
         log_path=container.log_path,
         resources=cri_pb2.ContainerResources(

@@ -51,9 +51,11 @@ class RuntimeInfoCalls:
         network = cri_pb2.RuntimeCondition(
             type="NetworkReady", status=network_ready, reason=reason, message=message
         )
-        names = sorted(config.runtimes)
+        # "" is the default handler (pods that name none), as CRI and the kubelet expect it
+        # listed; each configured handler follows under its own name, with its own features.
+        names = ["", *sorted(config.runtimes)]
         features = await asyncio.gather(
-            *(handler_features(config.runtimes[name]) for name in names)
+            *(handler_features(config.runtime(name)) for name in names)
         )
         response = cri_pb2.StatusResponse(
             status=cri_pb2.RuntimeStatus(conditions=[runtime, network]),
@@ -64,6 +66,8 @@ class RuntimeInfoCalls:
                 ))
                 for name, found in zip(names, features, strict=True)
             ],
+            # SupplementalGroupsPolicy (Merge and Strict) and ContainerStatus.user.
+            features=cri_pb2.RuntimeFeatures(supplemental_groups_policy=True),
         )
         if request.verbose:
             response.info["config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)
