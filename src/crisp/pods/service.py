@@ -117,6 +117,10 @@ class PodService:
             key=lambda s: s.created_at,
         )
 
+    def image_volume_users(self, image_id: str) -> list[str]:
+        """Containers that mount ``image_id`` as an image volume (RemoveImage refuses then)."""
+        return self.containers.image_volume_users(image_id)
+
     def containers_of(self, sandbox_id: str) -> list[Container]:
         return self.ctx.store.containers_of(sandbox_id)
 
