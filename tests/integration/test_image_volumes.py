@@ -8,8 +8,9 @@ until no container mounts it. The volume's overlay goes with the container.
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,7 @@ import pytest
 
 from crisp.api import cri_pb2
 from tests.support import image_builder as ib
-from tests.support.pods import PodsEnv, mounts_under, pods_environment
+from tests.support.pods import PodsEnv, assert_no_leaks, known_ids, mounts_under, pods_environment
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +128,57 @@ def test_bad_image_volumes_are_refused(env: PodsEnv, volume_image: str, mount: o
         assert refused.value.code() == code, refused.value.details()
         assert words in (refused.value.details() or "")
         assert not [m for m in mounts_under(Path(env.daemon.root)) if ".vol" in m]
+    finally:
+        env.remove_pod(pod)
+
+
+def _crash_inside(env: PodsEnv, failpoint: str, operation: Callable[[], object]) -> None:
+    """Restart crisp armed with ``failpoint``, run ``operation`` into it, restart clean."""
+    daemon = env.daemon
+    daemon.stop()
+    os.environ["CRISP_FAILPOINTS"] = failpoint
+    try:
+        daemon.start()
+    finally:
+        del os.environ["CRISP_FAILPOINTS"]
+    with pytest.raises(grpc.RpcError) as error:
+        operation()
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
+    assert daemon.process is not None
+    daemon.process.wait(timeout=10)
+    daemon.kill()
+    daemon.start()
+
+
+def _volume_leftovers(env: PodsEnv) -> list[str]:
+    snapshots = Path(env.daemon.root) / "containers"
+    return ([m for m in mounts_under(Path(env.daemon.root)) if ".vol" in m]
+            + [p.name for p in snapshots.glob("*.vol*")])
+
+
+def test_crash_inside_create_leaves_no_image_volume(env: PodsEnv, volume_image: str) -> None:
+    pod = env.run_pod()
+    try:
+        _crash_inside(env, "container.create.monitor",
+                      lambda: _create(env, pod, _volume(volume_image)))
+        assert not known_ids(env)[1]
+        assert not _volume_leftovers(env)
+        assert_no_leaks(env)
+    finally:
+        env.remove_pod(pod)
+
+
+def test_crash_inside_remove_finishes_removing_the_image_volume(
+        env: PodsEnv, volume_image: str) -> None:
+    pod = env.run_pod()
+    try:
+        container_id = _create(env, pod, _volume(volume_image))
+        assert _volume_leftovers(env)
+        assert_no_leaks(env)
+        _crash_inside(env, "container.destroy.runtime", lambda: env.runtime.RemoveContainer(
+            cri_pb2.RemoveContainerRequest(container_id=container_id)))
+        assert container_id not in known_ids(env)[1]
+        assert not _volume_leftovers(env)
     finally:
         env.remove_pod(pod)
 
