@@ -239,3 +239,25 @@ def test_reading_a_missing_cgroup_is_not_found(tmp_path: Path) -> None:
     host = CgroupHost(CgroupMode.UNIFIED, unified_mount=str(tmp_path))
     with pytest.raises(NotFound, match="/gone"):
         read_resources(host, "/gone")
+
+
+def test_pod_resources_add_overhead_and_lift_on_minus_one() -> None:
+    from crisp.cgroups.resources import pod_resources
+    total = pod_resources(LinuxResources(cpu_shares=24, memory_limit_in_bytes=10),
+                          LinuxResources(cpu_shares=1000, cpu_quota=-1, cpu_period=50_000,
+                                         memory_limit_in_bytes=90))
+    assert (total.cpu_shares, total.cpu_quota, total.cpu_period,
+            total.memory_limit_in_bytes) == (1024, -1, 50_000, 100)
+
+
+def test_write_pod_resources_creates_the_pod_cgroup_and_writes_v1_files(
+        tmp_path: Path) -> None:
+    from crisp.cgroups.resources import write_pod_resources
+    for controller in ("cpu", "memory"):
+        (tmp_path / controller).mkdir()
+    host = CgroupHost(mode=CgroupMode.LEGACY, v1_mounts={
+        "cpu": str(tmp_path / "cpu"), "memory": str(tmp_path / "memory")})
+    write_pod_resources(host, "/kubepods/pod1",
+                        LinuxResources(cpu_shares=512, memory_limit_in_bytes=1 << 20))
+    assert (tmp_path / "cpu/kubepods/pod1/cpu.shares").read_text() == "512"
+    assert (tmp_path / "memory/kubepods/pod1/memory.limit_in_bytes").read_text() == "1048576"

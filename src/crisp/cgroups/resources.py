@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +327,114 @@ async def read_resources_async(
 ) -> LinuxResources:
     """`read_resources` off the event loop."""
     return await asyncio.to_thread(read_resources, host, cgroup, pid)
+
+
+# Pod-level limits ----------------------------------------------------------------------------
+
+
+def pod_resources(overhead: LinuxResources, resources: LinuxResources) -> LinuxResources:
+    """The pod cgroup's limits: the containers' sum plus the pod overhead.
+
+    Shares, quota and memory add up (a -1 in either lifts the limit); the period, cpusets and
+    unified keys come from ``resources``, falling back to the overhead's.
+    """
+    def add(a: int, b: int) -> int:
+        return -1 if -1 in (a, b) else a + b
+
+    return LinuxResources(
+        cpu_period=resources.cpu_period or overhead.cpu_period,
+        cpu_quota=add(resources.cpu_quota, overhead.cpu_quota),
+        cpu_shares=add(resources.cpu_shares, overhead.cpu_shares),
+        memory_limit_in_bytes=add(resources.memory_limit_in_bytes,
+                                  overhead.memory_limit_in_bytes),
+        cpuset_cpus=resources.cpuset_cpus or overhead.cpuset_cpus,
+        cpuset_mems=resources.cpuset_mems or overhead.cpuset_mems,
+        hugepage_limits=resources.hugepage_limits or overhead.hugepage_limits,
+        unified={**overhead.unified, **resources.unified},
+    )
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu shares as a v2 cpu.weight, the way runc converts them."""
+    return 1 + (shares - 2) * 9999 // 262142
+
+
+def _pod_writes(spec: dict[str, Any], host: CgroupHost) -> list[tuple[str, str, str]]:
+    """(controller, file, value) to write for an OCI resources dict, in a safe order."""
+    cpu = spec.get("cpu", {})
+    memory = spec.get("memory", {})
+    writes: list[tuple[str, str, str]] = []
+    if host.is_unified:
+        if "shares" in cpu:
+            writes.append(("cpu", "cpu.weight", str(shares_to_weight(cpu["shares"]))))
+        if "quota" in cpu or "period" in cpu:
+            quota = cpu.get("quota", -1)
+            period = cpu.get("period", 100_000)
+            writes.append(("cpu", "cpu.max", f"{'max' if quota == -1 else quota} {period}"))
+        if "limit" in memory:
+            limit = memory["limit"]
+            writes.append(("memory", "memory.max", "max" if limit == -1 else str(limit)))
+        for key, value in spec.get("unified", {}).items():
+            writes.append((key.partition(".")[0], key, value))
+    else:
+        if "shares" in cpu:
+            writes.append(("cpu", "cpu.shares", str(cpu["shares"])))
+        if "period" in cpu:
+            writes.append(("cpu", "cpu.cfs_period_us", str(cpu["period"])))
+        if "quota" in cpu:
+            writes.append(("cpu", "cpu.cfs_quota_us", str(cpu["quota"])))
+        if "limit" in memory:
+            writes.append(("memory", "memory.limit_in_bytes", str(memory["limit"])))
+    if "cpus" in cpu:
+        writes.append(("cpuset", "cpuset.cpus", cpu["cpus"]))
+    if "mems" in cpu:
+        writes.append(("cpuset", "cpuset.mems", cpu["mems"]))
+    for hugepage in spec.get("hugepageLimits", []):
+        suffix = "max" if host.is_unified else "limit_in_bytes"
+        writes.append(("hugetlb", f"hugetlb.{hugepage['pageSize']}.{suffix}",
+                       str(hugepage["limit"])))
+    return writes
+
+
+def _make_cgroup(directory: Path, cpuset_v1: bool) -> None:
+    """Create a pod cgroup not made yet (a pod with no container so far has none).
+
+    A new v1 cpuset cgroup starts with no cpus or mems, so each new level gets its parent's,
+    as runc does for the levels it creates.
+    """
+    if directory.is_dir():
+        return
+    _make_cgroup(directory.parent, cpuset_v1)
+    directory.mkdir(exist_ok=True)
+    if cpuset_v1:
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if not (directory / name).read_text().strip():
+                (directory / name).write_text((directory.parent / name).read_text())
+
+
+def write_pod_resources(host: CgroupHost, cgroup: str, resources: LinuxResources) -> None:
+    """Set a pod cgroup's limits by writing its files (blocking; the kubelet's resize path).
+
+    Validates as for containers (`oci_resources`); swap is left alone, since memory+swap is
+    a per-container choice. The pod cgroup is created when no container has made it yet.
+    FailedPrecondition when the kernel refuses a value (such as a memory limit below
+    current usage).
+    """
+    spec = oci_resources(replace(resources, memory_swap_limit_in_bytes=0), host)
+    writes = _pod_writes(spec, host)
+    if not writes:
+        return
+    for controller, name, value in writes:
+        directory = host.controller_dir(controller, cgroup)
+        if directory is None:
+            raise FailedPrecondition(
+                f"cannot set {name} on pod cgroup {cgroup}: this host has no {controller} "
+                "cgroup controller"
+            )
+        try:
+            _make_cgroup(directory, controller == "cpuset" and not host.is_unified)
+            (directory / name).write_text(value)
+        except OSError as error:
+            raise FailedPrecondition(
+                f"cannot set {name} = {value} on pod cgroup {cgroup}: {error.strerror}"
+            ) from error

@@ -21,6 +21,7 @@ from crisp.cgroups.resources import (
     current_oom_score_adj,
     oci_resources,
     read_resources,
+    write_pod_resources,
 )
 from crisp.cgroups.stats import ContainerCgroupStats, CpuRateTracker, read_stats, read_stats_many
 from crisp.cgroups.tree import remove_cgroup
@@ -120,6 +121,11 @@ class CgroupService:
         cgroup = self.driver.parent_cgroup(cgroup_parent)
         stats = await asyncio.to_thread(read_stats, self.host, cgroup)
         return CgroupUsage(stats, self._rates.update(f"pod:{sandbox_id}", stats))
+
+    async def update_pod_resources(self, cgroup_parent: str, resources: LinuxResources) -> None:
+        """Write a pod's new limits into its cgroup parent (UpdatePodSandboxResources)."""
+        cgroup = self.driver.parent_cgroup(cgroup_parent)
+        await asyncio.to_thread(write_pod_resources, self.host, cgroup, resources)
 
     def forget(self, object_id: str) -> None:
         """Drop the CPU reading kept for a removed container or sandbox."""

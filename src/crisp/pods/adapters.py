@@ -61,6 +61,9 @@ class SnapshotsForPods:
     async def usage(self, key: str) -> tuple[int, int]:
         return await self.snapshots.usage(key)
 
+    async def keys(self) -> list[str]:
+        return await self.snapshots.keys()
+
 
 class NetworkForPods:
     """A :class:`~crisp.pods.ports.PodNetwork` backed by the CNI network manager."""

@@ -41,6 +41,8 @@ from crisp.pods.model import (
     ContainerConfig,
     ContainerState,
     ImageRuntimeConfig,
+    ImageVolume,
+    Mount,
     NamespaceMode,
     Resources,
     Sandbox,
@@ -129,7 +131,8 @@ class ContainerManager:
             failpoint("container.create.rootfs")
             user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
                                            user_request(config.security))
-            request = container_request(config)
+            volumes = await self._image_volumes(container_id, config)
+            request = container_request(_with_volume_sources(config, volumes))
             await _check_rro_support(request.mounts, backend)
             security = await plan_security(
                 request.security, sandbox_privileged=sandbox.config.privileged,
@@ -168,7 +171,7 @@ class ContainerManager:
                 runtime_handler=backend.name, bundle=str(files.bundle), unique_name=unique,
                 rootfs=str(rootfs), user=user, pid=created.pid, monitor_pid=created.monitor_pid,
                 monitor_start_time=process_start_time(created.monitor_pid), infra=infra,
-                stop_signal=stop_signal,
+                stop_signal=stop_signal, image_volumes=volumes,
             )
             failpoint("container.create.monitor")
             self._exited[container_id] = asyncio.Event()
@@ -399,6 +402,9 @@ class ContainerManager:
         await backend.runtime.delete(container_id)
         failpoint("container.destroy.runtime")
         await self.ctx.rootfs.remove(container_id)
+        for key in await self.ctx.rootfs.keys():  # its image volumes (found by key, so a
+            if key.startswith(f"{container_id}{VOLUME_KEY}"):  # create cut short counts)
+                await self.ctx.rootfs.remove(key)
         files = self.ctx.layout.files(container_id)
         await asyncio.to_thread(_remove_files, files.bundle, files.exit_file,
                                 files.socket_dir / container_id)
@@ -443,6 +449,30 @@ class ContainerManager:
                 await backend.runtime.update(container_id, wanted)
             container.config = replace(container.config, resources=resources)
             await self.save(container)
+
+    async def _image_volumes(self, container_id: str, config: ContainerConfig
+                             ) -> list[ImageVolume]:
+        """Mount each image volume's image (already pulled) as a snapshot of its own."""
+        volumes: list[ImageVolume] = []
+        for index, mount in enumerate(m for m in config.mounts if m.image):
+            try:
+                image = await self.ctx.images.runtime_config(mount.image)
+            except NotFound:
+                raise NotFound(
+                    f"mount at {mount.container_path!r}: image volume {mount.image!r} is not "
+                    "present: pull the image before creating the container"
+                ) from None
+            key = f"{container_id}{VOLUME_KEY}{index}"
+            root = await self.ctx.rootfs.prepare(key, image.lower_dirs)
+            source = await asyncio.to_thread(_volume_source, Path(root), mount)
+            volumes.append(ImageVolume(container_path=mount.container_path, image=mount.image,
+                                       image_id=image.id, snapshot=key, source=source))
+        return volumes
+
+    def image_volume_users(self, image_id: str) -> list[str]:
+        """Ids of the containers that mount ``image_id`` as an image volume."""
+        return sorted(c.id for c in self.ctx.store.containers.values()
+                      if any(v.image_id == image_id for v in c.image_volumes))
 
     def cgroups_path(self, container: Container) -> str:
         """The OCI cgroupsPath the container was created with."""
@@ -520,12 +550,58 @@ def pod_cgroup_parent(sandbox: Sandbox) -> str:
     return sandbox.cgroup_parent or sandbox.config.cgroup_parent
 
 
+VOLUME_KEY = ".vol"
+"""Snapshot keys of a container's image volumes: ``<container id>.vol<n>``."""
+
+
+def _with_volume_sources(config: ContainerConfig, volumes: list[ImageVolume]) -> ContainerConfig:
+    """The config with each image volume as a read-only bind of its mounted image."""
+    if not volumes:
+        return config
+    sources = {v.container_path: v.source for v in volumes}
+    return replace(config, mounts=[
+        replace(m, host_path=sources[m.container_path], readonly=True)
+        if m.image else m for m in config.mounts
+    ])
+
+
+def _volume_source(root: Path, mount: Mount) -> str:
+    """Where in a mounted image the volume starts: its root or ``image_sub_path``.
+
+    Symbolic links are followed as in the image, and one leading out of it is refused.
+    """
+    if not mount.image_sub_path:
+        return str(root)
+    inside = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(root / mount.image_sub_path))
+    if not target.is_relative_to(inside):
+        raise InvalidArgument(
+            f"mount at {mount.container_path!r}: image_sub_path {mount.image_sub_path!r} "
+            f"leads outside image {mount.image!r} through a symbolic link"
+        )
+    if not target.exists():
+        raise NotFound(
+            f"mount at {mount.container_path!r}: image_sub_path {mount.image_sub_path!r} "
+            f"does not exist in image {mount.image!r}"
+        )
+    return str(target)
+
+
 def _validate(config: ContainerConfig) -> None:
     if not config.metadata.name:
         raise InvalidArgument("container metadata.name is required")
     if not config.image:
         raise InvalidArgument(f"container {config.metadata.name!r} names no image")
+    paths = [m.container_path for m in config.mounts if m.image]
+    if len(set(paths)) != len(paths):
+        raise InvalidArgument("two image volumes are mounted at the same container_path")
     for mount in config.mounts:
+        sub = mount.image_sub_path
+        if sub and (posixpath.isabs(sub) or ".." in sub.split("/") or "\0" in sub):
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: image_sub_path {sub!r} must be a "
+                "relative path inside the image, without '..' or NUL"
+            )
         if (mount.host_path and not posixpath.isabs(mount.host_path)) or "\0" in mount.host_path:
             raise InvalidArgument(
                 f"mount at {mount.container_path!r}: host_path {mount.host_path!r} must be "

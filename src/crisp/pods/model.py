@@ -136,6 +136,21 @@ class Mount:
     selinux_relabel: bool = False
     # Read-only all the way down (submounts too): runc's "rro", kernel 5.12 and later.
     recursive_read_only: bool = False
+    # Image volume (KEP-4639): the pulled image whose root filesystem (or ``image_sub_path``
+    # of it) is mounted read-only; then host_path is empty.
+    image: str = ""
+    image_sub_path: str = ""
+
+
+@dataclass(frozen=True)
+class ImageVolume:
+    """An image volume as created: which image it resolved to and the snapshot it mounts."""
+
+    container_path: str
+    image: str
+    image_id: str
+    snapshot: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,7 @@ class Container:
     message: str = ""
     infra: bool = False
     stop_signal: str = "SIGTERM"
+    image_volumes: list[ImageVolume] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -30,6 +30,9 @@ class RootfsStore(Protocol):
     async def remove(self, key: str) -> None:
         """Unmount and delete everything of ``key``; idempotent."""
 
+    async def keys(self) -> list[str]:
+        """Every snapshot key there is."""
+
     async def usage(self, key: str) -> tuple[int, int]:
         """Bytes and inodes the writable layer of ``key`` holds; NotFound if it has none."""
 

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from crisp.cgroups import CgroupService
+from crisp.cgroups.resources import pod_resources
 from crisp.config import LiveConfig
 from crisp.errors import FailedPrecondition, InvalidArgument, NotFound
 from crisp.oci.handlers import handler_problems
 from crisp.pods.attach import ConmonAttach
 from crisp.pods.codec import to_document
-from crisp.pods.containers import ContainerManager
+from crisp.pods.containers import ContainerManager, pod_cgroup_parent
 from crisp.pods.context import PodContext, finish_even_if_cancelled
 from crisp.pods.events import LifecycleEvent
 from crisp.pods.execstream import ExecProcess
@@ -115,6 +116,10 @@ class PodService:
              and labels_match(s.config.labels, labels or {})),
             key=lambda s: s.created_at,
         )
+
+    def image_volume_users(self, image_id: str) -> list[str]:
+        """Containers that mount ``image_id`` as an image volume (RemoveImage refuses then)."""
+        return self.containers.image_volume_users(image_id)
 
     def containers_of(self, sandbox_id: str) -> list[Container]:
         return self.ctx.store.containers_of(sandbox_id)
@@ -224,6 +229,23 @@ class PodService:
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         container = self.container(container_id)
         await finish_even_if_cancelled(self.containers.update_resources(container.id, resources))
+
+    async def update_sandbox_resources(self, sandbox_id: str, overhead: Resources,
+                                       resources: Resources) -> None:
+        """Set the pod cgroup to the containers' sum plus overhead (in-place pod resize)."""
+        sandbox = self.sandbox(sandbox_id)
+        if sandbox.state != SandboxState.READY:
+            raise FailedPrecondition(
+                f"pod sandbox {sandbox.id} is not ready: a stopped pod's cgroup is gone"
+            )
+        for what, value in (("overhead", overhead), ("resources", resources)):
+            if value.oom_score_adj:
+                raise InvalidArgument(
+                    f"{what}.oom_score_adj {value.oom_score_adj} cannot apply to a pod "
+                    "cgroup: it is a per-process setting; leave it 0"
+                )
+        await self.ctx.cgroups.update_pod_resources(pod_cgroup_parent(sandbox),
+                                                    pod_resources(overhead, resources))
 
     async def container_resources(self, container: Container) -> Resources:
         """The limits in force (read from the cgroup of a running container)."""

@@ -87,7 +87,8 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
         ],
     )
     cri_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(services), server)
-    cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(services.images), server)
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(
+        services.images, services.pods.image_volume_users), server)
     crisp_images_pb2_grpc.add_ImagesServicer_to_server(
         CrispImagesServicer(services.images), server
     )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
-from crisp.errors import InvalidArgument
+from crisp.errors import FailedPrecondition, InvalidArgument
 from crisp.images import Credentials, Image, ImageService
 from crisp.images.service import FilesystemUsage
 from crisp.server.unimplemented import fill_unimplemented
@@ -61,8 +61,10 @@ def _fs_usage(usage: FilesystemUsage) -> cri_pb2.FilesystemUsage:
 class ImageServicer(cri_pb2_grpc.ImageServiceServicer):
     """CRI v1 ImageService over :class:`crisp.images.ImageService`."""
 
-    def __init__(self, images: ImageService):
+    def __init__(self, images: ImageService,
+                 volume_users: Callable[[str], list[str]] | None = None):
         self.images = images
+        self.volume_users = volume_users
 
     async def ListImages(
         self, request: cri_pb2.ListImagesRequest, context: Context
@@ -105,6 +107,13 @@ class ImageServicer(cri_pb2_grpc.ImageServiceServicer):
     ) -> cri_pb2.RemoveImageResponse:
         reference = _spec_image(request.image if request.HasField("image") else None,
                                 "RemoveImage")
+        image = await self.images.status(reference) if self.volume_users else None
+        users = self.volume_users(image.id) if image and self.volume_users else []
+        if image is not None and users:
+            raise FailedPrecondition(
+                f"image {reference!r} ({image.id}) is mounted as an image volume by "
+                f"container(s) {', '.join(users)}: remove those containers first"
+            )
         await self.images.remove(reference)
         return cri_pb2.RemoveImageResponse()
 
@@ -121,8 +130,10 @@ class ImageServicer(cri_pb2_grpc.ImageServiceServicer):
 class CrispImagesServicer(crisp_images_pb2_grpc.ImagesServicer):
     """crisp's image extension service (crisp.images.v1): import, export, pull progress."""
 
-    def __init__(self, images: ImageService):
+    def __init__(self, images: ImageService,
+                 volume_users: Callable[[str], list[str]] | None = None):
         self.images = images
+        self.volume_users = volume_users
 
     async def Import(
         self, request_iterator: AsyncIterator[crisp_images_pb2.ImportRequest], context: Context

@@ -266,11 +266,22 @@ def container_config(message: cri_pb2.ContainerConfig) -> ContainerConfig:
     """The domain form of a ContainerConfig; InvalidArgument for what crisp cannot honour."""
     mounts = []
     for mount in message.mounts:
-        if mount.HasField("image") and mount.image.image:
+        image = mount.image.image if mount.HasField("image") else ""
+        if image and mount.host_path:
             raise InvalidArgument(
-                f"mount at {mount.container_path!r}: image volumes are not supported by crisp"
+                f"mount at {mount.container_path!r} names both host_path "
+                f"{mount.host_path!r} and image {image!r}: give one"
+            )
+        if image and not mount.readonly:
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: image volume {image!r} must be readonly"
+            )
+        if mount.image_sub_path and not image:
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: image_sub_path needs an image"
             )
         mounts.append(Mount(
+            image=image, image_sub_path=mount.image_sub_path,
             container_path=mount.container_path, host_path=mount.host_path,
             readonly=mount.readonly, propagation=Propagation(mount.propagation),
             selinux_relabel=mount.selinux_relabel,
@@ -348,14 +359,25 @@ def container_status(container: Container,
         message=container.message,
         labels=container.config.labels,
         annotations=container.config.annotations,
-        mounts=[cri_pb2.Mount(container_path=m.container_path, host_path=m.host_path,
-                              readonly=m.readonly, selinux_relabel=m.selinux_relabel,
-                              propagation=_PROPAGATIONS[m.propagation],
-                              recursive_read_only=m.recursive_read_only)
-                for m in container.config.mounts],
+        mounts=[_mount_message(container, m) for m in container.config.mounts],
         log_path=container.log_path,
         resources=cri_pb2.ContainerResources(
             linux=_resources_message(resources or container.config.resources)),
         user=user,
         stop_signal=_signal_value(container.stop_signal),
     )
+
+
+def _mount_message(container: Container, mount: Mount) -> cri_pb2.Mount:
+    """A mount for ContainerStatus; an image volume names its image and the id it resolved to."""
+    message = cri_pb2.Mount(container_path=mount.container_path, host_path=mount.host_path,
+                            readonly=mount.readonly, selinux_relabel=mount.selinux_relabel,
+                            propagation=_PROPAGATIONS[mount.propagation],
+                            recursive_read_only=mount.recursive_read_only,
+                            image_sub_path=mount.image_sub_path)
+    if mount.image:
+        resolved = next((v for v in container.image_volumes
+                         if v.container_path == mount.container_path), None)
+        message.image.CopyFrom(cri_pb2.ImageSpec(
+            image=mount.image, image_ref=resolved.image_id if resolved else ""))
+    return message

@@ -15,6 +15,7 @@ from crisp.api import cri_pb2
 from crisp.pods import PodService, SandboxState
 from crisp.server.pod_convert import (
     container_status,
+    resources,
     sandbox_config,
     sandbox_metadata,
     sandbox_state,
@@ -90,3 +91,11 @@ class SandboxCalls:
             )
             for s in sandboxes
         ])
+
+    async def UpdatePodSandboxResources(
+        self, request: cri_pb2.UpdatePodSandboxResourcesRequest, context: Context
+    ) -> cri_pb2.UpdatePodSandboxResourcesResponse:
+        await self._pods.update_sandbox_resources(
+            request.pod_sandbox_id, resources(request.overhead), resources(request.resources)
+        )
+        return cri_pb2.UpdatePodSandboxResourcesResponse()

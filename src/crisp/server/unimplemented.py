@@ -14,6 +14,17 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from crisp.errors import Unimplemented
 
+_CRIU = (
+    "checkpoint/restore needs a working CRIU (runc checkpoint and restore drive it), and this "
+    "host has none: `criu check` fails or criu is not installed"
+)
+REASONS = {
+    "CheckpointContainer": _CRIU,
+    "CheckpointPod": _CRIU,
+    "RestorePod": _CRIU,
+}
+"""Why an RPC stays unimplemented, where there is more to say than its name."""
+
 
 def fill_unimplemented(servicer: type, base: type, service: ServiceDescriptor) -> None:
     """Give ``servicer`` an UNIMPLEMENTED method for each RPC only ``base`` (generated) has."""
@@ -25,6 +36,8 @@ def fill_unimplemented(servicer: type, base: type, service: ServiceDescriptor) -
 
 def _unimplemented(service: str, method: MethodDescriptor) -> Any:
     message = f"crisp does not implement {service}/{method.name}"
+    if (reason := REASONS.get(method.name)) is not None:
+        message = f"{message}: {reason}"
 
     if method.server_streaming:
 
