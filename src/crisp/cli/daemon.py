@@ -13,20 +13,36 @@ from crisp.config import ConfigError, LiveConfig, config_path, load, render_defa
 log = logging.getLogger("crisp")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="crisp", description="crisp, a Kubernetes container runtime speaking CRI v1."
-    )
-    parser.add_argument(
+def _global_options() -> argparse.ArgumentParser:
+    """Options accepted before or after the subcommand (``crisp daemon --config FILE``).
+
+    SUPPRESS as the default keeps a subcommand's parser from resetting a value given
+    before the subcommand.
+    """
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--config",
         metavar="FILE",
+        default=argparse.SUPPRESS,
         help="config file (default: $CRISP_CONFIG, else /etc/crisp/crisp.toml if it exists, "
         "else built-in defaults)",
     )
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options()
+    parser = argparse.ArgumentParser(
+        prog="crisp",
+        description="crisp, a Kubernetes container runtime speaking CRI v1.",
+        parents=[common],
+    )
     parser.add_argument("--version", action="version", version=f"crisp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("daemon", help="serve CRI on the configured socket (the default)")
-    config = commands.add_parser("config", help="print or check a config file")
+    commands.add_parser(
+        "daemon", parents=[common], help="serve CRI on the configured socket (the default)"
+    )
+    config = commands.add_parser("config", parents=[common], help="print or check a config file")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     config_commands.add_parser("default", help="print a complete config file with every default")
     check = config_commands.add_parser("check", help="validate a config file")
@@ -36,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.config = getattr(args, "config", None)
     if args.command == "config":
         if args.config_command == "default":
             sys.stdout.write(render_default())
