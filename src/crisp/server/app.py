@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from crisp import __version__, logsetup
+from crisp import __version__, logsetup, sdnotify
 from crisp.api import cri_pb2_grpc, crisp_images_pb2_grpc
 from crisp.config import ConfigError, LiveConfig
 from crisp.filemodes import DAEMON_UMASK, private_dir
@@ -98,6 +98,7 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
     await server.start()
     os.chmod(socket_path, 0o660)
     log.info("crisp %s serving CRI on %s", __version__, socket_path)
+    sdnotify.notify(f"READY=1\nSTATUS=serving CRI on {socket_path}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -107,6 +108,7 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
     try:
         await stop.wait()
         log.info("stopping: finishing calls in flight; containers keep running")
+        sdnotify.notify("STOPPING=1")
         await server.stop(SHUTDOWN_GRACE_SECONDS)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
