@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.add_argument("--root", default="/", metavar="DIR", help="install below DIR")
     install.add_argument("--crisp", metavar="PATH", help="the crisp program the unit runs")
+    doctor = commands.add_parser(
+        "doctor", parents=[common], help="check the node: OK, WARN or FAIL with the fix"
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--offline", action="store_true", help="skip the registry probes")
     uninstall = commands.add_parser("uninstall", help="remove what crisp install laid down")
     uninstall.add_argument("--root", default="/", metavar="DIR", help="uninstall below DIR")
     config = commands.add_parser("config", parents=[common], help="print or check a config file")
@@ -84,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check(Path(args.file))
     if args.command == "install":
         return main_install(Path(args.root), args.crisp)
+    if args.command == "doctor":
+        from crisp.cli.doctor import main_doctor  # its checks only where they run
+
+        return main_doctor(args.config, args.json, network=not args.offline)
     if args.command == "uninstall":
         return main_uninstall(Path(args.root))
     return _daemon(
