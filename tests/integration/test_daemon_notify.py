@@ -60,16 +60,21 @@ def test_an_abstract_notify_socket_works_too(make_daemon: DaemonFactory) -> None
 def test_daemonize_returns_once_serving_with_a_pid_file(make_daemon: DaemonFactory) -> None:
     daemon = make_daemon(start=False)
     pid_file = daemon.base / "crisp.pid"
-    started = subprocess.run(
-        [sys.executable, "-m", "crisp", "daemon", "--config", str(daemon.config_path),
-         "--daemonize", "--pid-file", str(pid_file), "--log-file", str(daemon.log_path)],
-        env=checkout_env(), capture_output=True, text=True, timeout=60)
+    command = [sys.executable, "-m", "crisp", "daemon", "--config", str(daemon.config_path),
+               "--daemonize", "--pid-file", str(pid_file), "--log-file", str(daemon.log_path)]
+    started = subprocess.run(command, env=checkout_env(), capture_output=True, text=True,
+                             timeout=60)
     assert started.returncode == 0, started.stderr + daemon.log()
     assert "started in the background" in started.stdout
     pid = int(pid_file.read_text())
     try:
         # Serving already when the command returned: no retry needed.
         assert daemon.runtime.Version(cri_pb2.VersionRequest(), timeout=5).runtime_name
+        # A second one is refused by the lock and leaves the first one's pid file alone.
+        again = subprocess.run(command, env=checkout_env(), capture_output=True, text=True,
+                               timeout=60)
+        assert again.returncode == 1 and "exited before it served CRI" in again.stderr
+        assert pid_file.read_text().strip() == str(pid)
     finally:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30

@@ -3,7 +3,7 @@
 The caller forks twice (the daemon is no session leader and has no terminal) and returns
 only once the daemon serves CRI (it says READY=1 on a notify socket of the caller's, as it
 would to systemd) or has died; its exit code says which. The daemon writes its pid file and
-removes it when it exits.
+removes it when it exits (crisp.cli.daemon writes it once the daemon holds its lock).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 READY_TIMEOUT_S = 120.0
 
 
-def daemonize(pid_file: Path | None, log_file: Path) -> None:
+def daemonize(log_file: Path) -> None:
     """Fork into the background; returns in the daemon, exits in the caller."""
     directory = tempfile.mkdtemp(prefix="crisp-start-")
     address = os.path.join(directory, "notify")
@@ -52,8 +52,6 @@ def daemonize(pid_file: Path | None, log_file: Path) -> None:
     os.close(log)
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
-    if pid_file is not None:
-        write_pid_file(pid_file)
     # alive_write stays open (and non-inheritable) for the daemon's whole life.
 
 

@@ -127,9 +127,7 @@ def _daemon(
         print(f"crisp: invalid config:\n{error}", file=sys.stderr)
         return 2
     if daemonize:  # after the config check, which the caller's terminal sees
-        background.daemonize(pid_file, log_file)
-    elif pid_file is not None:
-        background.write_pid_file(pid_file)
+        background.daemonize(log_file)
     sdnotify.claim(only_until_ready=daemonize)  # before any helper program inherits it
     heap.limit_malloc_arenas()  # before grpc starts its threads
     from crisp.server.app import StartupError, run  # the gRPC stack only where it is used
@@ -137,7 +135,8 @@ def _daemon(
     logsetup.configure(config.log_level, config.log_format)
     log.info("config: %s", path or "built-in defaults")
     try:
-        run(LiveConfig(config, path))
+        run(LiveConfig(config, path),
+            on_locked=(lambda: background.write_pid_file(pid_file)) if pid_file else None)
     except StartupError as error:
         log.error("%s", error)
         return 1

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,8 +40,9 @@ class StartupError(RuntimeError):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def run(live: LiveConfig) -> None:
-    """Serve until SIGTERM or SIGINT."""
+def run(live: LiveConfig, on_locked: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; ``on_locked`` runs once this daemon holds the lock
+    (the pid file is written then, so a refused second daemon cannot touch the first's)."""
     # First: everything crisp creates from here on is root's alone unless made public on
     # purpose (crisp.filemodes); helper programs get the usual umask back.
     os.umask(DAEMON_UMASK)
@@ -50,6 +51,8 @@ def run(live: LiveConfig) -> None:
     # Bundles, runtime state and namespace pins: nothing there is for other users.
     private_dir(run_dir)
     with _exclusive_lock(run_dir / "crisp.lock"):
+        if on_locked is not None:
+            on_locked()
         socket_path = Path(config.socket)
         _prepare_socket(socket_path)
         try:
