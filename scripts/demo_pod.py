@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,7 @@ def import_image(endpoint: str) -> None:
     """Import busybox-static as a one-layer image (skipped when crisp already has it)."""
     with tempfile.TemporaryDirectory(prefix="crisp-demo-") as directory:
         rootfs = Path(directory)
-        busybox = shutil.which("busybox") or "/bin/busybox"
+        busybox = static_busybox()
         (rootfs / "bin").mkdir()
         shutil.copy(busybox, rootfs / "bin" / "busybox")
         applets = subprocess.run(
@@ -79,6 +80,37 @@ def import_image(endpoint: str) -> None:
             ["crispctl", "-r", endpoint, "images", "import", "--rootfs", str(rootfs), IMAGE],
             check=True,
         )
+
+
+def static_busybox() -> str:
+    """The machine's busybox, which must be statically linked: the image has no libraries."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).is_file():
+        raise SystemExit("demo_pod: no busybox found; install busybox-static "
+                         "(./scripts/install-deps does)")
+    if has_interpreter(Path(busybox)):
+        raise SystemExit(f"demo_pod: {busybox} is dynamically linked; install busybox-static "
+                         "(./scripts/install-deps does)")
+    return busybox
+
+
+def has_interpreter(path: Path) -> bool:
+    """Whether an ELF file names a dynamic loader (a PT_INTERP program header)."""
+    with path.open("rb") as file:
+        header = file.read(64)
+        if header[:4] != b"\x7fELF":
+            return True  # not an executable the image could run on its own
+        order = "<" if header[5] == 1 else ">"
+        if header[4] == 2:  # 64-bit
+            phoff, = struct.unpack_from(order + "Q", header, 32)
+            phentsize, phnum = struct.unpack_from(order + "HH", header, 54)
+        else:
+            phoff, = struct.unpack_from(order + "I", header, 28)
+            phentsize, phnum = struct.unpack_from(order + "HH", header, 42)
+        file.seek(phoff)
+        table = file.read(phentsize * phnum)
+    return any(struct.unpack_from(order + "I", table, i * phentsize)[0] == 3  # PT_INTERP
+               for i in range(phnum))
 
 
 def run_demo_pod(runtime: Any) -> tuple[str, str, str]:

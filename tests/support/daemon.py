@@ -36,6 +36,7 @@ class CrispDaemon:
         self.log_path = base / "crisp.log"
         self.extra_config = config
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # extra environment of the daemon (NOTIFY_SOCKET, ...)
         self._channel: grpc.Channel | None = None
         self.write_config(config)
 
@@ -55,7 +56,7 @@ class CrispDaemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=checkout_env(PYTHONUNBUFFERED="1"),
+            env=checkout_env(PYTHONUNBUFFERED="1", **self.env),
         )
         log.close()
         if wait:

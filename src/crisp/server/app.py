@@ -14,13 +14,13 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 
-from crisp import __version__, logsetup
+from crisp import __version__, logsetup, sdnotify
 from crisp.api import cri_pb2_grpc, crisp_images_pb2_grpc
 from crisp.config import ConfigError, LiveConfig
 from crisp.filemodes import DAEMON_UMASK, private_dir
@@ -40,8 +40,9 @@ class StartupError(RuntimeError):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def run(live: LiveConfig) -> None:
-    """Serve until SIGTERM or SIGINT."""
+def run(live: LiveConfig, on_locked: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; ``on_locked`` runs once this daemon holds the lock
+    (the pid file is written then, so a refused second daemon cannot touch the first's)."""
     # First: everything crisp creates from here on is root's alone unless made public on
     # purpose (crisp.filemodes); helper programs get the usual umask back.
     os.umask(DAEMON_UMASK)
@@ -50,6 +51,8 @@ def run(live: LiveConfig) -> None:
     # Bundles, runtime state and namespace pins: nothing there is for other users.
     private_dir(run_dir)
     with _exclusive_lock(run_dir / "crisp.lock"):
+        if on_locked is not None:
+            on_locked()
         socket_path = Path(config.socket)
         _prepare_socket(socket_path)
         try:
@@ -99,6 +102,7 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
     await server.start()
     os.chmod(socket_path, 0o660)
     log.info("crisp %s serving CRI on %s", __version__, socket_path)
+    sdnotify.notify(f"READY=1\nSTATUS=serving CRI on {socket_path}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,6 +112,7 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
     try:
         await stop.wait()
         log.info("stopping: finishing calls in flight; containers keep running")
+        sdnotify.notify("STOPPING=1")
         await server.stop(SHUTDOWN_GRACE_SECONDS)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
