@@ -11,8 +11,12 @@ import grpc
 from google.protobuf import json_format
 
 from crisp.api import cri_pb2, cri_pb2_grpc
+from crisp.cli.container_commands import add_container_commands
 from crisp.cli.endpoint import resolve_endpoint
 from crisp.cli.images_commands import add_image_commands
+from crisp.cli.output import UsageError
+from crisp.cli.pod_commands import add_pod_commands
+from crisp.cli.runtime_commands import add_runtime_commands
 
 Command = Callable[[grpc.Channel, argparse.Namespace], int]
 
@@ -42,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         run=_info
     )
     add_image_commands(commands)
+    add_pod_commands(commands)
+    add_container_commands(commands)
+    add_runtime_commands(commands)
     return parser
 
 
@@ -51,6 +58,37 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away, as `crispctl info | head` does
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # ^C during logs -f or stats --watch
+        return 130
+
+
+# What to do next, per gRPC code: every error is one line with the code and this.
+HINTS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: "is the runtime running? check the endpoint (-r, "
+    "$CONTAINER_RUNTIME_ENDPOINT, runtime-endpoint in /etc/crictl.yaml)",
+    grpc.StatusCode.NOT_FOUND: "list what exists with `crispctl pods`, `crispctl ps -a` or "
+    "`crispctl images`",
+    grpc.StatusCode.UNIMPLEMENTED: "the runtime at this endpoint does not serve this call (is it "
+    "a CRI v1 runtime?)",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the runtime is slow or stuck; retry with a larger "
+    "--timeout, or look at its log",
+    grpc.StatusCode.INVALID_ARGUMENT: "fix the request or config file named in the message",
+    grpc.StatusCode.FAILED_PRECONDITION: "the object is in the wrong state for this; see "
+    "inspect/inspectp",
+    grpc.StatusCode.ALREADY_EXISTS: "pick another name or attempt, or remove the old one",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "free disk space or memory on the node and retry",
+    grpc.StatusCode.PERMISSION_DENIED: "run as a user that may use the socket (root)",
+    grpc.StatusCode.UNKNOWN: "see the runtime's log for the cause",
+    grpc.StatusCode.INTERNAL: "see the runtime's log for the cause",
+}
+
+
+def error_line(target: str, error: grpc.RpcError) -> str:
+    """One line for a failed call: where, the gRPC code, what the runtime said, what to do."""
+    code: grpc.StatusCode = error.code()
+    details = " ".join((error.details() or "").split())
+    hint = HINTS.get(code, "")
+    return f"crispctl: {target}: {code.name}: {details}" + (f" ({hint})" if hint else "")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -61,9 +99,11 @@ def _main(argv: list[str] | None) -> int:
         try:
             return run(channel, args)
         except grpc.RpcError as error:
-            code = error.code()
-            print(f"crispctl: {target}: {code.name}: {error.details()}", file=sys.stderr)
+            print(error_line(target, error), file=sys.stderr)
             return 1
+        except UsageError as error:
+            print("crispctl: " + " ".join(str(error).split()), file=sys.stderr)
+            return 2
 
 
 def _version(channel: grpc.Channel, args: argparse.Namespace) -> int:
@@ -96,3 +136,7 @@ def _info(channel: grpc.Channel, args: argparse.Namespace) -> int:
             raise
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
