@@ -296,7 +296,8 @@ def _since(text: str) -> datetime | None:
 def _timestamp(text: str) -> datetime:
     """An RFC 3339 time with up to nanoseconds (Python's parser takes at most microseconds)."""
     text = text.replace("Z", "+00:00")
-    match = re.fullmatch(r"([^.]+)(?:\.(\d+))?([+-]\d\d:\d\d)?", text)
+    match = re.fullmatch(
+        r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?:\.(\d+))?([+-]\d\d:\d\d)?", text)
     if not match:
         raise ValueError(text)
     fraction = (match[2] or "")[:6]

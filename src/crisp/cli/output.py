@@ -1,8 +1,9 @@
 """How crispctl prints: aligned tables, or JSON/YAML with the field names crictl prints.
 
 crictl marshals CRI messages with protojson, so its JSON carries lowerCamelCase names
-(``podSandboxId``) and enum names (``SANDBOX_READY``); ``json_format.MessageToDict`` gives
-the same, so scripts written against crictl read crispctl's output unchanged.
+(``podSandboxId``), enum names (``SANDBOX_READY``) and unset fields with their zero values;
+``json_format.MessageToDict`` gives the same, so scripts written against crictl read
+crispctl's output unchanged.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def add_output_option(parser: argparse.ArgumentParser, *, table: bool = True) ->
 
 
 def to_dict(message: Message) -> dict[str, Any]:
-    """A CRI message as crictl's protojson prints it."""
-    return json_format.MessageToDict(message)
+    """A CRI message as crictl prints it: protojson with unset fields shown (EmitUnpopulated)."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 def with_info(document: dict[str, Any], info: Mapping[str, str]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from crisp.cli.output import (
     add_output_option,
     ago,
     emit,
-    enum_name,
     load_message,
     parse_labels,
     short_id,
@@ -140,7 +139,7 @@ def list_pods(channel: grpc.Channel, args: argparse.Namespace) -> int:
         return 0
     table(("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"), (
         (pod.id if args.no_trunc else short_id(pod.id), ago(pod.created_at),
-         enum_name(cri_pb2.PodSandboxState.Name(pod.state), "SANDBOX_"), pod.metadata.name,
+         "Ready" if pod.state == cri_pb2.SANDBOX_READY else "NotReady", pod.metadata.name,
          pod.metadata.namespace, str(pod.metadata.attempt), pod.runtime_handler or "(default)")
         for pod in items))
     return 0
