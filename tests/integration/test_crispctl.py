@@ -191,3 +191,36 @@ def test_daemon_down_and_wrong_endpoint(tmp_path: Path) -> None:
     not_a_socket.write_text("")
     one_error_line(crispctl(not_a_socket, "ps", check=False), "UNAVAILABLE")
     one_error_line(crispctl("tcp://", "version", check=False), "UNAVAILABLE")
+
+
+def test_image_verbs(env: PodsEnv, tmp_path: Path) -> None:
+    listing = ctl(env, "images", "--digests", "--pinned").stdout.splitlines()
+    assert listing[0].split() == ["IMAGE", "TAG", "DIGEST", "IMAGE", "ID", "SIZE", "PINNED"]
+    pause_row = next(line for line in listing if "test/pause" in line)
+    assert pause_row.split()[-1] == "true" and pause_row.split()[2] != "<none>"
+    images = json.loads(ctl(env, "images", "-o", "json").stdout)["images"]
+    assert {tag for image in images for tag in image["repoTags"]} >= {env.busybox, env.pause}
+    assert all("repoDigests" in image and "pinned" in image for image in images)
+    only = ctl(env, "images", "-q", "--filter", "reference=*/test/sleeper").stdout.split()
+    assert len(only) == 1 and only == ctl(env, "images", "-q", "--filter", env.sleeper) \
+        .stdout.split()
+    assert ctl(env, "images", "-q", "--filter", "dangling=true").stdout == ""
+    one_error_line(ctl(env, "images", "--filter", "color=red", check=False), "--filter")
+    status = yaml.safe_load(ctl(env, "inspecti", "-o", "yaml", env.busybox).stdout)
+    assert env.busybox in status["status"]["repoTags"]
+    one_error_line(ctl(env, "inspecti", f"{env.busybox}-missing", check=False), "NOT_FOUND")
+
+    # --prune removes what no container uses and keeps pinned images (the pause image).
+    pod_file, container_file = write_configs(env, tmp_path, "ctl-prune", ["sleep", "3600"])
+    container_id = ctl(env, "run", str(container_file), str(pod_file)).stdout.strip()
+    try:
+        assert container_id in ctl(env, "ps", "-q").stdout.split()
+        pruned = ctl(env, "rmi", "--prune")
+        assert "Kept pinned image" in pruned.stderr
+        left = {tag for image in json.loads(ctl(env, "images", "-o", "json").stdout)["images"]
+                for tag in image["repoTags"]}
+        assert env.busybox in left and env.pause in left and env.sleeper not in left
+    finally:
+        for pod in ctl(env, "pods", "-q", "--name", "ctl-prune").stdout.split():
+            ctl(env, "rmp", "-f", pod)
+        assert "up to date" in ctl(env, "pull", env.sleeper).stdout
