@@ -224,3 +224,28 @@ def test_image_verbs(env: PodsEnv, tmp_path: Path) -> None:
         for pod in ctl(env, "pods", "-q", "--name", "ctl-prune").stdout.split():
             ctl(env, "rmp", "-f", pod)
         assert "up to date" in ctl(env, "pull", env.sleeper).stdout
+
+
+def test_logs_follow_and_update(env: PodsEnv, tmp_path: Path) -> None:
+    pod_file, container_file = write_configs(
+        env, tmp_path, "ctl-follow", ["sh", "-c", "echo first; sleep 2; echo second; sleep 3600"])
+    container_id = ctl(env, "run", str(container_file), str(pod_file)).stdout.strip()
+    try:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "crisp.cli.client", "-r", str(env.daemon.socket), "logs",
+             "-f", container_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=checkout_env())
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "first\n"
+        assert follower.stdout.readline() == "second\n"  # printed after it was written
+        ctl(env, "update", "--memory", "64m", "--cpu-period", "100000", "--cpu-quota", "50000",
+            container_id)
+        resources = json.loads(ctl(env, "inspect", container_id).stdout)["status"]["resources"]
+        assert int(resources["linux"]["memoryLimitInBytes"]) == 64 << 20
+        assert int(resources["linux"]["cpuQuota"]) == 50000
+        ctl(env, "stop", container_id)
+        out, err = follower.communicate(timeout=20)  # -f ends when the container exits
+        assert follower.returncode == 0 and out == "" and "Traceback" not in err
+    finally:
+        for pod in ctl(env, "pods", "-q", "--name", "ctl-follow").stdout.split():
+            ctl(env, "rmp", "-f", pod)
