@@ -148,6 +148,8 @@ def test_runtime_wide_verbs(env: PodsEnv) -> None:
     assert filesystems["imageFilesystems"][0]["fsId"]["mountpoint"]
     version = ctl(env, "version").stdout
     assert "RuntimeName:" in version
+    assert json.loads(ctl(env, "version", "-o", "json").stdout)["runtimeName"] == "crisp"
+    assert "runtimeConfig" in yaml.safe_load(ctl(env, "info", "-o", "yaml").stdout)
 
 
 def test_events_stream(env: PodsEnv, tmp_path: Path) -> None:

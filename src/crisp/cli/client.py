@@ -14,7 +14,7 @@ from crisp.api import cri_pb2, cri_pb2_grpc
 from crisp.cli.container_commands import add_container_commands
 from crisp.cli.endpoint import resolve_endpoint
 from crisp.cli.images_commands import add_image_commands
-from crisp.cli.output import UsageError
+from crisp.cli.output import UsageError, add_output_option, emit, to_dict
 from crisp.cli.pod_commands import add_pod_commands
 from crisp.cli.runtime_commands import add_runtime_commands
 
@@ -39,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for an answer (default 10)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser("version", help="the runtime's name and versions").set_defaults(
-        run=_version
-    )
-    commands.add_parser("info", help="the runtime's status, conditions and config").set_defaults(
-        run=_info
-    )
+    version = commands.add_parser("version", help="the runtime's name and versions")
+    add_output_option(version)
+    version.set_defaults(run=_version)
+    info = commands.add_parser("info", help="the runtime's status, conditions and config")
+    add_output_option(info, table=False)
+    info.set_defaults(run=_info)
     add_image_commands(commands)
     add_pod_commands(commands)
     add_container_commands(commands)
@@ -109,6 +109,9 @@ def _main(argv: list[str] | None) -> int:
 def _version(channel: grpc.Channel, args: argparse.Namespace) -> int:
     runtime = cri_pb2_grpc.RuntimeServiceStub(channel)
     response = runtime.Version(cri_pb2.VersionRequest(), timeout=args.timeout)
+    if args.output != "table":
+        emit(to_dict(response), args.output)
+        return 0
     print(f"Version:  {response.version}")
     print(f"RuntimeName:  {response.runtime_name}")
     print(f"RuntimeVersion:  {response.runtime_version}")
@@ -134,7 +137,7 @@ def _info(channel: grpc.Channel, args: argparse.Namespace) -> int:
     except grpc.RpcError as error:
         if error.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise
-    print(json.dumps(info, indent=2, sort_keys=True))
+    emit(info, args.output)
     return 0
 
 
