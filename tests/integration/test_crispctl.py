@@ -251,3 +251,38 @@ def test_logs_follow_and_update(env: PodsEnv, tmp_path: Path) -> None:
     finally:
         for pod in ctl(env, "pods", "-q", "--name", "ctl-follow").stdout.split():
             ctl(env, "rmp", "-f", pod)
+
+
+def test_logs_previous_attempt(env: PodsEnv, tmp_path: Path) -> None:
+    pod_file, _ = write_configs(env, tmp_path, "ctl-prev", [])
+    pod_id = ctl(env, "runp", str(pod_file)).stdout.strip()
+    try:
+        ids = []
+        for attempt in (0, 1):
+            config = json_format.MessageToDict(env.container_config(
+                "c", ["echo", f"attempt {attempt}"]), preserving_proto_field_name=True)
+            config["metadata"]["attempt"] = attempt
+            config["log_path"] = f"c/{attempt}.log"
+            path = tmp_path / f"c{attempt}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            ids.append(ctl(env, "create", "--no-pull", pod_id, str(path), str(pod_file))
+                       .stdout.strip())
+            ctl(env, "start", ids[-1])
+            env.wait_exited(ids[-1])
+        assert ctl(env, "logs", ids[1]).stdout == "attempt 1\n"
+        assert ctl(env, "logs", "-p", ids[1]).stdout == "attempt 0\n"
+        one_error_line(ctl(env, "logs", "-p", ids[0], check=False), "no previous attempt")
+    finally:
+        ctl(env, "rmp", "-f", pod_id)
+
+
+def test_stats_watch_refreshes(env: PodsEnv) -> None:
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "crisp.cli.client", "-r", str(env.daemon.socket), "statsp",
+         "--watch", "-s", "0.3", "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=checkout_env())
+    time.sleep(3)
+    watcher.terminate()
+    out, err = watcher.communicate(timeout=10)
+    assert "Traceback" not in err
+    assert out.count('"stats"') >= 2
