@@ -1,4 +1,4 @@
-"""``crispctl`` image commands: list, pull, rmi, inspecti, and images import/export.
+"""``crispctl`` image commands: images, pull, rmi, inspecti, and images import/export.
 
 Import and export stream archives over crisp's extension service (crisp.images.v1) on the
 CRI socket: the client reads the archive or directory and sends the bytes; only the daemon
@@ -8,10 +8,12 @@ writes crisp's store. See docs/images.md.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import fnmatch
 import os
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import grpc
 
 from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
+from crisp.cli.output import UsageError, add_output_option, emit, to_dict, with_info
 
 CHUNK = 1 << 20
 
@@ -28,7 +31,13 @@ def add_image_commands(commands: Any) -> None:
     images = commands.add_parser("images", help="list images, or import/export archives")
     images.set_defaults(run=list_images)
     images.add_argument("-q", "--quiet", action="store_true", help="only image ids")
-    images.add_argument("--filter", metavar="REF", help="only the image this reference names")
+    images.add_argument("--filter", action="append", metavar="FILTER",
+                        help="REF, reference=GLOB, dangling=true|false, before=REF or "
+                        "since=REF (repeatable; all must hold)")
+    images.add_argument("--digests", action="store_true", help="show the DIGEST column")
+    images.add_argument("--no-trunc", action="store_true", help="full image ids")
+    images.add_argument("--pinned", action="store_true", help="show the PINNED column")
+    add_output_option(images)
     sub = images.add_subparsers(dest="images_command", metavar="SUBCOMMAND")
     importer = sub.add_parser(
         "import", help="import a docker-save or OCI archive, or a directory with --rootfs")
@@ -52,10 +61,15 @@ def add_image_commands(commands: Any) -> None:
     pull.add_argument("--auth", help="base64 of USERNAME:PASSWORD")
     pull.set_defaults(run=pull_image)
     rmi = commands.add_parser("rmi", help="remove images with all their tags")
-    rmi.add_argument("references", nargs="+", metavar="REF")
+    rmi.add_argument("references", nargs="*", metavar="REF")
+    rmi.add_argument("-a", "--all", action="store_true",
+                     help="remove every image except pinned ones")
+    rmi.add_argument("-q", "--prune", action="store_true",
+                     help="remove every image no container uses, except pinned ones")
     rmi.set_defaults(run=remove_images)
     inspect = commands.add_parser("inspecti", help="an image's status and config as JSON")
-    inspect.add_argument("reference")
+    inspect.add_argument("references", nargs="+", metavar="REF")
+    add_output_option(inspect, table=False)
     inspect.set_defaults(run=inspect_image)
 
 
@@ -75,25 +89,71 @@ def _size(size: int) -> str:
     return f"{size}B"
 
 
+def _image_filter(filters: list[str] | None,
+                  images: list[cri_pb2.Image]) -> list[cri_pb2.Image]:
+    """crictl's --filter: a bare reference, or reference=/dangling=/before=/since=."""
+    by_created = {image.id: index for index, image in enumerate(images)}
+    selected = list(images)
+    for text in filters or ():
+        key, separator, value = text.partition("=")
+        if not separator:
+            continue  # a bare reference: ListImages filtered it already
+        if key == "reference":
+            selected = [i for i in selected if any(
+                fnmatch.fnmatch(name, value) or fnmatch.fnmatch(name.rpartition(":")[0], value)
+                for name in (*i.repo_tags, *i.repo_digests))]
+        elif key == "dangling":
+            if value not in ("true", "false"):
+                raise UsageError(f"--filter {text!r}: dangling takes true or false")
+            selected = [i for i in selected if (not i.repo_tags) == (value == "true")]
+        elif key in ("before", "since"):
+            anchor = [i for i in images if value in i.repo_tags or i.id.removeprefix(
+                "sha256:").startswith(value.removeprefix("sha256:"))]
+            if not anchor:
+                raise UsageError(f"--filter {text!r}: no image {value}")
+            mark = by_created[anchor[0].id]
+            selected = [i for i in selected if (by_created[i.id] < mark) == (key == "before")
+                        and i.id != anchor[0].id]
+        else:
+            raise UsageError(f"--filter {text!r}: use REF, reference=, dangling=, before= or "
+                             "since=")
+    return selected
+
+
 def list_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
     stub = cri_pb2_grpc.ImageServiceStub(channel)
     request = cri_pb2.ListImagesRequest()
-    if args.filter:
-        request.filter.image.image = args.filter
+    references = [f for f in args.filter or () if "=" not in f]
+    if len(references) > 1:
+        raise UsageError("give at most one bare reference to --filter")
+    if references:
+        request.filter.image.image = references[0]
     response = stub.ListImages(request, timeout=args.timeout)
+    images = _image_filter(args.filter, list(response.images))
     if args.quiet:
-        for image in response.images:
+        for image in images:
             print(image.id)
         return 0
-    rows = [("IMAGE", "TAG", "IMAGE ID", "SIZE")]
-    for image in response.images:
-        short_id = image.id.removeprefix("sha256:")[:13]
+    if args.output != "table":
+        emit({"images": [to_dict(image) for image in images]}, args.output)
+        return 0
+    header = ["IMAGE", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "SIZE",
+              *(["PINNED"] if args.pinned else [])]
+    rows = [tuple(header)]
+    for image in images:
+        image_id = image.id if args.no_trunc else image.id.removeprefix("sha256:")[:13]
+        digests = {d.split("@")[0]: d.split("@")[-1] for d in image.repo_digests}
         names = list(image.repo_tags) or [
             d.split("@")[0] + ":<none>" for d in image.repo_digests] or ["<none>:<none>"]
         for name in names:
             repository, tag = _split(name)
-            rows.append((repository, tag, short_id, _size(image.size)))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            digest = digests.get(repository, "<none>")
+            if not args.no_trunc and digest != "<none>":
+                digest = digest.removeprefix("sha256:")[:13]
+            rows.append((repository, tag, *([digest] if args.digests else []), image_id,
+                         _size(image.size), *([str(image.pinned).lower()] if args.pinned
+                                              else [])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
@@ -109,14 +169,39 @@ def pull_image(channel: grpc.Channel, args: argparse.Namespace) -> int:
         request.auth.password = password
     if args.auth:
         request.auth.auth = args.auth
-    response = stub.PullImage(request)
+    # CRI's PullImage is one unary call with no progress; on a terminal show that it is alive.
+    call = stub.PullImage.future(request)
+    started = time.monotonic()
+    while not call.done():
+        if sys.stderr.isatty():
+            print(f"\rPulling {args.reference} ({time.monotonic() - started:.0f}s)", end="",
+                  file=sys.stderr, flush=True)
+        with contextlib.suppress(grpc.FutureTimeoutError):
+            call.result(timeout=0.5)
+    if sys.stderr.isatty():
+        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+    response = call.result()
     print(f"Image is up to date for {response.image_ref}")
     return 0
 
 
 def remove_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
     stub = cri_pb2_grpc.ImageServiceStub(channel)
-    for reference in args.references:
+    if (args.all or args.prune) == bool(args.references) or (args.all and args.prune):
+        raise UsageError("rmi needs REF arguments, or one of --all and --prune")
+    references: list[str] = list(args.references)
+    if args.all or args.prune:
+        used: set[str] = set()
+        if args.prune:
+            containers = cri_pb2_grpc.RuntimeServiceStub(channel).ListContainers(
+                cri_pb2.ListContainersRequest(), timeout=args.timeout).containers
+            used = {c.image_ref for c in containers} | {c.image.image for c in containers}
+        for image in stub.ListImages(cri_pb2.ListImagesRequest(), timeout=args.timeout).images:
+            if image.pinned:
+                print(f"Kept pinned image {image.id}", file=sys.stderr)
+            elif not used & {image.id, *image.repo_tags, *image.repo_digests}:
+                references.append(image.id)
+    for reference in references:
         stub.RemoveImage(cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(image=reference)),
                          timeout=args.timeout)
         print(f"Deleted: {reference}")
@@ -124,21 +209,15 @@ def remove_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def inspect_image(channel: grpc.Channel, args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-
     stub = cri_pb2_grpc.ImageServiceStub(channel)
-    response = stub.ImageStatus(cri_pb2.ImageStatusRequest(
-        image=cri_pb2.ImageSpec(image=args.reference), verbose=True), timeout=args.timeout)
-    if not response.HasField("image"):
-        print(f"crispctl: no such image {args.reference}", file=sys.stderr)
-        return 1
-    document: dict[str, Any] = {"status": json_format.MessageToDict(response.image)}
-    for key, value in response.info.items():
-        try:
-            document[key] = json.loads(value)
-        except ValueError:
-            document[key] = value
-    print(json.dumps(document, indent=2, sort_keys=True))
+    for reference in args.references:
+        response = stub.ImageStatus(cri_pb2.ImageStatusRequest(
+            image=cri_pb2.ImageSpec(image=reference), verbose=True), timeout=args.timeout)
+        if not response.HasField("image"):
+            print(f"crispctl: NOT_FOUND: no image {reference} (list what exists with "
+                  "`crispctl images`, or pull it)", file=sys.stderr)
+            return 1
+        emit(with_info({"status": to_dict(response.image)}, response.info), args.output)
     return 0
 
 
