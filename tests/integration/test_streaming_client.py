@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from crisp.api import cri_pb2
@@ -288,14 +289,19 @@ def test_port_forward_over_the_websocket_channel_protocol(env: PodsEnv, web: str
     asyncio.run(session())
 
 
-def test_port_forward_channel_protocol_needs_ports(env: PodsEnv, web: str) -> None:
-    url = str(env.runtime.PortForward(cri_pb2.PortForwardRequest(pod_sandbox_id=web)).url)
+def test_port_forward_channel_protocol_refusals(env: PodsEnv, web: str) -> None:
+    def url() -> str:
+        return str(env.runtime.PortForward(cri_pb2.PortForwardRequest(pod_sandbox_id=web)).url)
 
-    async def without_ports() -> None:
+    async def refused() -> None:
         with pytest.raises(StreamClientError, match="400"):
-            await ChannelPortForward.open(url, [])
+            await ChannelPortForward.open(url(), [])
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(url() + "?port=8080", protocols=("portforward.k8s.io",))
+            assert caught.value.status == 403
 
-    asyncio.run(without_ports())
+    asyncio.run(refused())
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
