@@ -13,12 +13,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from crisp.api import cri_pb2
 from crisp.streaming.client import (
+    ChannelPortForward,
     PortForward,
     RemoteCommand,
+    StreamClientError,
     StreamOptions,
     TokenRejected,
     open_command,
@@ -242,6 +245,63 @@ def test_port_forward_two_ports_and_a_refused_one(env: PodsEnv, web: str, transp
                 return answer
 
     assert asyncio.run(through_a_local_port()).endswith(b"first\n")
+
+
+async def channel_get(forward: ChannelPortForward, port: int) -> bytes:
+    connection = forward.connection(port)
+    await connection.write(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+    answer = bytearray()
+    while chunk := await connection.read():
+        answer.extend(chunk)
+    return bytes(answer)
+
+
+@pytest.mark.parametrize(("base64_text", "in_request"), [(False, False), (True, True)],
+                         ids=["binary-query-ports", "base64-request-ports"])
+def test_port_forward_over_the_websocket_channel_protocol(env: PodsEnv, web: str,
+                                                          base64_text: bool, in_request: bool
+                                                          ) -> None:
+    def url(ports: list[int]) -> str:
+        # Without ports in the request the channel protocol takes them from ?port=N.
+        return str(env.runtime.PortForward(cri_pb2.PortForwardRequest(
+            pod_sandbox_id=web, port=ports if in_request else [])).url)
+
+    async def session() -> None:
+        for _ in range(50):  # httpd starts with the container
+            async with await ChannelPortForward.open(url([8080]), [8080],
+                                                     base64_text) as forward:
+                if await asyncio.wait_for(channel_get(forward, 8080), 10):
+                    break
+            await asyncio.sleep(0.2)
+        ports = [8080, 8081, 9999]
+        async with await ChannelPortForward.open(url(ports), ports, base64_text) as forward:
+            first, second, refused = await asyncio.wait_for(asyncio.gather(
+                channel_get(forward, 8080), channel_get(forward, 8081),
+                forward.connection(9999).read()), 20)
+            assert first.endswith(b"first\n"), first
+            assert second.endswith(b"second\n"), second
+            assert refused == b""
+            error = await forward.connection(9999).error()
+            assert "9999" in error and "refused" in error.lower(), error
+            assert await forward.connection(8080).error() == ""
+            assert await forward.connection(8081).error() == ""
+
+    asyncio.run(session())
+
+
+def test_port_forward_channel_protocol_refusals(env: PodsEnv, web: str) -> None:
+    def url() -> str:
+        return str(env.runtime.PortForward(cri_pb2.PortForwardRequest(pod_sandbox_id=web)).url)
+
+    async def refused() -> None:
+        with pytest.raises(StreamClientError, match="400"):
+            await ChannelPortForward.open(url(), [])
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(url() + "?port=8080", protocols=("portforward.k8s.io",))
+            assert caught.value.status == 403
+
+    asyncio.run(refused())
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from crisp.errors import Unavailable
+from crisp.errors import InvalidArgument, Unavailable
+from crisp.streaming import ws_portforward
 from crisp.streaming.requests import ExecRequest, TokenCache
 from crisp.streaming.server import _negotiate
 from crisp.streaming.session import Outcome, TerminalSize, status_object, terminal_sizes
@@ -80,3 +81,21 @@ def test_negotiation_takes_the_clients_first_supported_choice() -> None:
                       supported) == "v3.channel.k8s.io"
     assert _negotiate([], supported) == "channel.k8s.io"
     assert _negotiate(["v9.channel.k8s.io"], supported) is None
+
+
+def test_channel_port_forward_ports_from_the_query() -> None:
+    assert ws_portforward.parse_ports(["8080", "80,443"]) == [8080, 80, 443]
+    assert ws_portforward.parse_ports([]) == []
+    for bad in ("0", "65536", "http", "", "80,"):
+        with pytest.raises(InvalidArgument, match="not a TCP port"):
+            ws_portforward.parse_ports([bad])
+
+
+def test_channel_port_forward_messages_binary_and_base64() -> None:
+    assert ws_portforward.encode(3, b"\x50\x1f", text=False) == b"\x03\x50\x1f"
+    assert ws_portforward.encode(3, b"\x50\x1f", text=True) == "3UB8="
+    for text in (False, True):
+        assert ws_portforward.decode(ws_portforward.encode(5, b"hi", text)) == (5, b"hi")
+    assert ws_portforward.decode(b"") is None
+    assert ws_portforward.decode("") is None
+    assert ws_portforward.decode("1not base64!") is None

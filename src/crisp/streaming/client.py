@@ -4,7 +4,8 @@ crispctl and the tests use it; it speaks both transports the server does. SPDY/3
 :mod:`crisp.streaming.spdy` as the client side of a session over an HTTP upgrade (one SPDY
 stream per standard stream, ``v4.channel.k8s.io`` first). WebSocket uses aiohttp and the
 channel protocol (``v5.channel.k8s.io`` first, for its stdin-close signal). Port-forward over
-WebSocket tunnels the same SPDY session inside binary messages, as newer kubectl does.
+WebSocket tunnels the same SPDY session inside binary messages, as newer kubectl and crictl
+do; :class:`ChannelPortForward` speaks the kubelet's older port-forward channel protocol.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from crisp.streaming import portforward, spdy, spdy_remote
+from crisp.streaming import portforward, spdy, spdy_remote, ws_portforward
 from crisp.streaming.session import (
     BASE64,
     STATUS_PROTOCOLS,
@@ -574,6 +575,150 @@ class ForwardedConnection:
                 await self.data.send_reset(spdy.RstStatus.CANCEL)
 
 
-__all__ = ["TRANSPORTS", "ForwardedConnection", "PortForward", "RemoteCommand",
+class ChannelPortForward:
+    """Port-forward over the WebSocket channel protocol: one connection per port, fixed at open.
+
+    The ports go in the URL as ``?port=N``; port ``i`` has data channel ``2i`` and error
+    channel ``2i+1``, each opened by the server with the port number. Nothing closes one
+    channel alone: every connection's data and error end together, when the server closes
+    the WebSocket after the last connection ended.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse,
+                 ports: list[int]):
+        self.http = http
+        self.ws = ws
+        self.ports = ports
+        self.text = ws.protocol == ws_portforward.V4_BASE64
+        self.connections = [ChannelConnection(self, index, port)
+                            for index, port in enumerate(ports)]
+        self._prefixes: dict[int, bytes] = {}
+        self._ready = asyncio.Event()
+        self.ended = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, ports: list[int], base64_text: bool = False,
+                   ssl_context: ssl.SSLContext | None = None) -> ChannelPortForward:
+        query = urllib.parse.urlencode([("port", str(port)) for port in ports])
+        full = url + ("&" if "?" in url else "?") + query
+        protocol = ws_portforward.V4_BASE64 if base64_text else ws_portforward.V4
+        http = aiohttp.ClientSession()
+        try:
+            ws = await http.ws_connect(full, protocols=(protocol,), max_msg_size=0,
+                                       ssl=ssl_context if ssl_context is not None else True)
+        except aiohttp.WSServerHandshakeError as error:
+            await http.close()
+            if error.status == 404:
+                raise TokenRejected(f"{url}: 404: {error.message}") from None
+            raise StreamClientError(f"{url}: {error.status}: {error.message}") from None
+        except BaseException:
+            await http.close()
+            raise
+        forward = cls(http, ws, list(ports))
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                await forward._ready.wait()
+        except TimeoutError:
+            await forward.close()
+            raise StreamClientError("the server did not name the ports in time") from None
+        for index, port in enumerate(ports):
+            for channel in (2 * index, 2 * index + 1):
+                if forward._prefixes.get(channel) != port.to_bytes(2, "little"):
+                    await forward.close()
+                    raise StreamClientError(f"channel {channel} is not for port {port}")
+        return forward
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                if message.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                    continue
+                decoded = ws_portforward.decode(message.data)
+                if decoded is None:
+                    continue
+                channel, data = decoded
+                index, kind = divmod(channel, 2)
+                if not 0 <= index < len(self.connections):
+                    continue
+                if channel not in self._prefixes:  # the port number, first on each channel
+                    self._prefixes[channel] = data
+                    if len(self._prefixes) == 2 * len(self.connections):
+                        self._ready.set()
+                    continue
+                connection = self.connections[index]
+                if kind == 0:
+                    connection.data.put_nowait(data)
+                else:
+                    connection.error_text.extend(data)
+        finally:
+            self._ready.set()
+            for connection in self.connections:
+                connection.data.put_nowait(b"")
+            self.ended.set()
+
+    def connection(self, port: int) -> ChannelConnection:
+        """The (first) connection to ``port``."""
+        for connection in self.connections:
+            if connection.port == port:
+                return connection
+        raise KeyError(port)
+
+    async def send(self, channel: int, data: bytes) -> None:
+        if self.ws.closed:
+            raise ConnectionResetError("the WebSocket is closed")
+        message = ws_portforward.encode(channel, data, self.text)
+        if isinstance(message, str):
+            await self.ws.send_str(message)
+        else:
+            await self.ws.send_bytes(message)
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.close()
+        await self.http.close()
+
+    async def __aenter__(self) -> ChannelPortForward:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+class ChannelConnection:
+    """One port's connection in a :class:`ChannelPortForward`."""
+
+    def __init__(self, forward: ChannelPortForward, index: int, port: int):
+        self.forward = forward
+        self.index = index
+        self.port = port
+        # Unbounded: the channels share one WebSocket, and a port nobody reads yet must not
+        # hold up the others.
+        self.data: asyncio.Queue[bytes] = asyncio.Queue()
+        self.error_text = bytearray()
+        self._ended = False
+
+    async def read(self) -> bytes:
+        """The next bytes from the pod; b"" once the session has ended."""
+        if self._ended:
+            return b""
+        chunk = await self.data.get()
+        self._ended = not chunk
+        return chunk
+
+    async def write(self, data: bytes) -> None:
+        await self.forward.send(2 * self.index, data)
+
+    async def error(self) -> str:
+        """What the server reported for this port, once the session has ended."""
+        await self.forward.ended.wait()
+        return self.error_text.decode(errors="replace")
+
+
+__all__ = ["TRANSPORTS", "ChannelConnection", "ChannelPortForward", "ForwardedConnection",
+           "PortForward", "RemoteCommand",
            "RemoteError", "StreamClientError", "StreamOptions", "TerminalSize", "TokenRejected",
            "exit_code_of", "open_command", "pump"]

@@ -21,7 +21,7 @@ from typing import Protocol
 from aiohttp import WSMsgType, hdrs, web
 
 from crisp.errors import CrispError, InvalidArgument, Unavailable
-from crisp.streaming import portforward, spdy, spdy_remote, ws_remote
+from crisp.streaming import portforward, spdy, spdy_remote, ws_portforward, ws_remote
 from crisp.streaming.relay import Attachable, relay
 from crisp.streaming.requests import (
     AttachRequest,
@@ -152,10 +152,11 @@ class StreamingServer:
         assert isinstance(claimed, PortForwardRequest)
         response: web.StreamResponse
         if _is_websocket(request):
-            # Newer clients tunnel the same SPDY session through WebSocket messages.
+            # Newer clients tunnel the same SPDY session through WebSocket messages; the
+            # others speak the kubelet's channel protocol, one connection per port.
             offered = _websocket_protocols(request)
             if portforward.TUNNELED not in offered:
-                return _no_protocol(offered, (portforward.TUNNELED,))
+                return await self._port_forward_channels(request, claimed, offered)
             ws = web.WebSocketResponse(protocols=(portforward.TUNNELED,), max_msg_size=0)
             await ws.prepare(request)
             response, session = ws, _spdy_over_websocket(ws)
@@ -178,6 +179,31 @@ class StreamingServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         return response
+
+    async def _port_forward_channels(self, request: web.Request, claimed: PortForwardRequest,
+                                     offered: list[str]) -> web.StreamResponse:
+        supported = (portforward.TUNNELED, *ws_portforward.PROTOCOLS)
+        if offered and not set(offered) & set(ws_portforward.PROTOCOLS):
+            return _no_protocol(offered, supported)
+        try:
+            ports = list(claimed.ports) or ws_portforward.parse_ports(
+                request.query.getall("port", []))
+        except InvalidArgument as error:
+            raise web.HTTPBadRequest(text=f"{error}\n") from None
+        if not ports:
+            raise web.HTTPBadRequest(
+                text="port-forward over the WebSocket channel protocol needs its ports: "
+                     "give them in the PortForward request or as ?port=N query parameters\n")
+        chosen = next(protocol for protocol in offered if protocol in ws_portforward.PROTOCOLS
+                      ) if offered else None
+        ws = web.WebSocketResponse(protocols=(chosen,) if chosen else (), max_msg_size=0)
+        await ws.prepare(request)
+
+        async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await self.backend.port_connect(claimed.sandbox_id, port)
+
+        await ws_portforward.serve(ws, ports, connect)
+        return ws
 
     async def _remote_command(self, request: web.Request, claimed: ExecRequest | AttachRequest,
                               stdin: bool, stdout: bool, stderr: bool, tty: bool
