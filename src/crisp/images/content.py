@@ -1,9 +1,10 @@
 """The content store: blobs named by their sha256 digest, verified while they stream in.
 
 ``<root>/content/blobs/sha256/<hex>`` is a complete, verified blob; ``ingest/<hex>`` is a
-download in progress. A blob becomes visible only by an atomic rename after its size and digest
-matched and its data was fsynced, so a reader never sees a partial or wrong blob. Hashing and
-writing run in a worker thread, a megabyte at a time.
+download in progress, kept across a crash so that the next pull resumes it. A blob becomes
+visible only by an atomic rename after its size and digest matched and its data was fsynced,
+so a reader never sees a partial or wrong blob. Hashing and writing run in a worker thread, a
+megabyte at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Ingest:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.offset = 0
+        self.resumed_from = 0  # bytes a crashed download left, reused by this one
         self._fd = -1
 
     def open(self, resume: bool) -> None:
@@ -52,9 +54,13 @@ class Ingest:
         if not resume:
             flags |= os.O_TRUNC
         self._fd = os.open(self.path, flags, 0o644)
+        if self.expected_size is not None and os.fstat(self._fd).st_size > self.expected_size:
+            log.info("partial download of %s is longer than the blob; starting over", self.digest)
+            os.ftruncate(self._fd, 0)
         while chunk := os.read(self._fd, _FLUSH_AT):
             self._hash.update(chunk)
             self.offset += len(chunk)
+        self.resumed_from = self.offset
 
     async def restart(self) -> None:
         """Throw away what was written (the server ignored our Range request)."""
@@ -145,11 +151,19 @@ class ContentStore:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def setup(self) -> None:
-        """Create the directories and drop downloads a crash interrupted (blocking)."""
+        """Create the directories; keep partial downloads a crash cut off (the next pull
+        resumes them), drop every other leftover (blocking)."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        if self.ingest_dir.exists():
-            shutil.rmtree(self.ingest_dir)
-        self.ingest_dir.mkdir(parents=True)
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.ingest_dir.iterdir():
+            if _is_hex_digest(entry.name) and entry.is_file() and not entry.is_symlink():
+                log.info("keeping partial download %s (%d bytes) to resume", entry.name,
+                         entry.stat().st_size)
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def path(self, digest: str) -> Path:
         validate_digest(digest)
@@ -245,3 +259,7 @@ class ContentStore:
 
         return await asyncio.to_thread(total)
 
+
+
+def _is_hex_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)

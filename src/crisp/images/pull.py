@@ -16,7 +16,7 @@ from pathlib import Path
 from crisp.config import LiveConfig
 from crisp.errors import DeadlineExceeded, InvalidArgument
 from crisp.images.auth import Credentials
-from crisp.images.content import ContentStore
+from crisp.images.content import ContentStore, DigestMismatch, Ingest
 from crisp.images.manifest import (
     Descriptor,
     Index,
@@ -152,21 +152,36 @@ class Puller:
         async with self.content.lock(descriptor.digest):
             if self.content.has(descriptor.digest):
                 return self.content.path(descriptor.digest)
-            ingest = await self.content.begin(descriptor.digest, descriptor.size)
-
-            def advance(n: int) -> None:
-                if entry is not None:
-                    entry.done = ingest.written  # also right after a resume or a restart
-
             if entry is not None:
                 entry.state = "downloading"
-            try:
-                await repository.fetch_blob(descriptor, ingest, advance,
-                                            self.live.current.images.pull_progress_timeout)
-                path = await ingest.commit()
-            except BaseException:
-                await ingest.abort()
-                raise
+            # a partial download a crash left resumes; if the whole then does not verify, the
+            # partial was bad (a power loss can leave zeros in it): discard it, fetch it all
+            for resume in (True, False):
+                ingest = await self.content.begin(descriptor.digest, descriptor.size,
+                                                  resume=resume)
+                if ingest.resumed_from:
+                    log.info("resuming the download of %s at byte %d", descriptor.digest,
+                             ingest.resumed_from)
+
+                def advance(n: int, ingest: Ingest = ingest) -> None:
+                    if entry is not None:
+                        entry.done = ingest.written  # also right after a resume or a restart
+
+                try:
+                    await repository.fetch_blob(descriptor, ingest, advance,
+                                                self.live.current.images.pull_progress_timeout)
+                    path = await ingest.commit()
+                except DigestMismatch:
+                    await ingest.abort()
+                    if ingest.resumed_from and resume:
+                        log.warning("resumed download of %s does not match its digest; "
+                                    "downloading it again from the start", descriptor.digest)
+                        continue
+                    raise
+                except BaseException:
+                    await ingest.abort()
+                    raise
+                break
             if log_it:
                 log.info("downloaded %s of %s (%d bytes)", descriptor.digest, progress.reference,
                          descriptor.size)
