@@ -90,6 +90,8 @@ async def test_download_cut_off_by_a_crash_resumes_after_restart(
             assert time.monotonic() < deadline, daemon.log()
             assert not pulling.done()
             await asyncio.sleep(0.05)
+        assert daemon.process is not None
+        daemon.process.kill()  # before the channel closes: a crash, not a cancelled call
         await asyncio.to_thread(daemon.kill)
         with pytest.raises(grpc.RpcError):
             await pulling

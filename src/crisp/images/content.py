@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +26,7 @@ from crisp.images.reference import validate_digest
 log = logging.getLogger(__name__)
 
 _FLUSH_AT = 1 << 20
+PARTIAL_MAX_AGE = 24 * 3600.0  # a partial download untouched this long is dropped at start-up
 
 
 class DigestMismatch(InvalidArgument):
@@ -135,6 +137,14 @@ class Ingest:
             self._fd = -1
         self.path.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        """Keep what was written (for a later pull to resume) and release the file."""
+        self._pending.clear()
+        self._pending_size = 0
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     async def abort(self) -> None:
         """Remove the partial blob: nothing half-written stays behind."""
         self._pending.clear()
@@ -156,7 +166,8 @@ class ContentStore:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.ingest_dir.mkdir(parents=True, exist_ok=True)
         for entry in self.ingest_dir.iterdir():
-            if _is_hex_digest(entry.name) and entry.is_file() and not entry.is_symlink():
+            if (_is_hex_digest(entry.name) and entry.is_file() and not entry.is_symlink()
+                    and time.time() - entry.stat().st_mtime < PARTIAL_MAX_AGE):
                 log.info("keeping partial download %s (%d bytes) to resume", entry.name,
                          entry.stat().st_size)
                 continue
