@@ -48,7 +48,7 @@ def shape_cold_5x60(base: ib.Layer, round_: int) -> ib.Image:
         text = b"".join(f"layer {i} line {n}: some compressible text\n".encode()
                         for n in range(100_000))
         layers.append(ib.make_layer(ib.LayerBuilder().file(f"layer{i}/random",
-                                                           rng.randbytes(23 << 19))
+                                                           rng.randbytes(47 << 18))
                                     .file(f"layer{i}/text", text)))
     return ib.build_image(layers)
 

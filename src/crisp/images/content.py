@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -47,6 +48,9 @@ class Ingest:
         self.offset = 0
         self.resumed_from = 0  # bytes a crashed download left, reused by this one
         self._fd = -1
+        # a write still running in its thread after a cancel must finish before the file
+        # is closed, else it could land in whatever file reuses the descriptor number
+        self._io = threading.Lock()
 
     def open(self, resume: bool) -> None:
         """Open the ingest file (blocking); with ``resume`` keep and rehash what is there."""
@@ -71,6 +75,10 @@ class Ingest:
         await asyncio.to_thread(self._truncate)
 
     def _truncate(self) -> None:
+        with self._io:
+            self._truncate_locked()
+
+    def _truncate_locked(self) -> None:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hash = hashlib.sha256()
@@ -99,6 +107,10 @@ class Ingest:
         await asyncio.to_thread(self._write_blocking, data)
 
     def _write_blocking(self, data: bytes) -> None:
+        with self._io:
+            self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> None:
         self._hash.update(data)
         view = memoryview(data)
         while view:
@@ -132,18 +144,23 @@ class Ingest:
         return final
 
     def _discard(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.path.unlink(missing_ok=True)
+        with self._io:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self.path.unlink(missing_ok=True)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Keep what was written (for a later pull to resume) and release the file."""
         self._pending.clear()
         self._pending_size = 0
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        await asyncio.to_thread(self._close_blocking)
+
+    def _close_blocking(self) -> None:
+        with self._io:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     async def abort(self) -> None:
         """Remove the partial blob: nothing half-written stays behind."""

@@ -182,7 +182,7 @@ class Puller:
                         continue
                     raise
                 except asyncio.CancelledError:
-                    ingest.close()  # the caller gave up or crisp stops: the next pull resumes
+                    await ingest.close()  # the caller gave up or crisp stops: the next pull resumes
                     raise
                 except BaseException:
                     await ingest.abort()
