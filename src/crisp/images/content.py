@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -206,6 +207,17 @@ class ContentStore:
     def lock(self, digest: str) -> asyncio.Lock:
         """Held while a blob is being fetched, so concurrent pulls fetch it only once."""
         return self._locks.setdefault(digest, asyncio.Lock())
+
+    async def drop_partials(self, digests: Iterable[str]) -> None:
+        """Remove the partial downloads of ``digests`` that no pull is writing now."""
+        idle = [self.ingest_dir / d.removeprefix("sha256:") for d in digests
+                if not self.lock(d).locked()]
+
+        def drop() -> None:
+            for path in idle:
+                path.unlink(missing_ok=True)
+
+        await asyncio.to_thread(drop)
 
     async def read(self, digest: str) -> bytes:
         path = self.path(digest)

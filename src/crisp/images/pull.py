@@ -108,6 +108,9 @@ class Puller:
                                                   limit, progress))
         except BaseExceptionGroup as group_error:
             await self.layers.settle()
+            # a failed pull gives its space back: the partials of the layers its failure
+            # cancelled go too (a pull that is itself cancelled keeps them, to resume)
+            await self.content.drop_partials(layer.digest for layer in manifest.layers)
             raise _first_error(group_error) from None
         size = len(top.data) + manifest.config.size + sum(layer.size for layer in manifest.layers)
         return Image(
