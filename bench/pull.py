@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Pull-and-unpack speed of crisp against containerd, over the same CRI calls.
 
-Builds images of several shapes from busybox-static (one large layer; thousands of small
-files; many layers), serves them from a local docker-registry on 127.0.0.1, starts crisp and
-Debian's containerd each on its own temporary root and socket, and times PullImage (which
-downloads, verifies and unpacks) for each shape on each runtime; each round pulls an image
-of its own, so every pull starts cold. Prints medians and the ratio crisp/containerd (below 1
-means crisp is faster). Needs root; cleans up after itself.
+Builds images of several shapes from busybox-static (a cold pull of five layers, 60 MiB; one
+large layer; thousands of small files; many layers), serves them from a local docker-registry
+on 127.0.0.1, starts crisp and Debian's containerd each on its own temporary root and socket,
+and times PullImage (which downloads, verifies and unpacks) for each shape on each runtime;
+each round pulls an image of its own, so every pull starts cold. Prints medians, the ratio
+crisp/containerd (below 1 means crisp is faster), MB/s of each, and crisp's download and
+unpack rates. Needs root; cleans up after itself.
 
-    sudo python3 bench/pull.py [--repeat 5] [--shapes large,small-files,many-layers]
+    sudo python3 bench/pull.py [--repeat 5] [--shapes cold-5x60m,large,small-files,many-layers]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -35,6 +38,19 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]
 from crisp.api import cri_pb2, cri_pb2_grpc  # noqa: E402
 from tests.support import image_builder as ib  # noqa: E402
 from tests.support.registry import running_registry  # noqa: E402
+
+
+def shape_cold_5x60(base: ib.Layer, round_: int) -> ib.Image:
+    """Five layers of about 12 MiB compressed each (60 MiB in all), none shared: a cold pull."""
+    rng = random.Random(1000 + round_)
+    layers = []
+    for i in range(5):
+        text = b"".join(f"layer {i} line {n}: some compressible text\n".encode()
+                        for n in range(100_000))
+        layers.append(ib.make_layer(ib.LayerBuilder().file(f"layer{i}/random",
+                                                           rng.randbytes(47 << 18))
+                                    .file(f"layer{i}/text", text)))
+    return ib.build_image(layers)
 
 
 def shape_large(base: ib.Layer, round_: int) -> ib.Image:
@@ -66,7 +82,7 @@ def shape_many_layers(base: ib.Layer, round_: int) -> ib.Image:
 
 SETTLE_SECONDS = 1.0
 
-SHAPES = {"large": shape_large, "small-files": shape_small_files,
+SHAPES = {"cold-5x60m": shape_cold_5x60, "large": shape_large, "small-files": shape_small_files,
           "many-layers": shape_many_layers}
 
 
@@ -128,7 +144,7 @@ def crisp(directory: Path) -> Iterator[Path]:
     socket = directory / "run" / "crisp.sock"
     config = directory / "crisp.toml"
     config.write_text(f'root_dir = "{directory}/root"\nrun_dir = "{directory}/run"\n'
-                      f'socket = "{socket}"\nlog_level = "warning"\n')
+                      f'socket = "{socket}"\nlog_level = "info"\n')
     log = directory / "crisp.log"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     with open(log, "wb") as out:
@@ -158,6 +174,37 @@ def time_pull(socket: Path, reference: str) -> float:
         images.PullImage(cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=reference)),
                          timeout=600)
         return time.perf_counter() - started
+
+
+DOWNLOADED = re.compile(r"downloaded sha256:[0-9a-f]+ of \S+ \((\d+) bytes in ([\d.]+)s\)")
+UNPACKED = re.compile(r"layer sha256:[0-9a-f]+ of \S+ ready \(\d+ bytes, (\d+) unpacked, "
+                      r"unpacked in ([\d.]+)s\)")
+
+
+@dataclass
+class Rates:
+    """crisp's own split of a pull, from its log: bytes and seconds per blob and per layer."""
+
+    downloaded: int = 0
+    download_seconds: float = 0.0
+    unpacked: int = 0
+    unpack_seconds: float = 0.0
+
+    def add(self, text: str) -> None:
+        for size, seconds in DOWNLOADED.findall(text):
+            self.downloaded += int(size)
+            self.download_seconds += float(seconds)
+        for size, seconds in UNPACKED.findall(text):
+            self.unpacked += int(size)
+            self.unpack_seconds += float(seconds)
+
+    @property
+    def download_mbps(self) -> float:
+        return self.downloaded / 1e6 / self.download_seconds if self.download_seconds else 0.0
+
+    @property
+    def unpack_mbps(self) -> float:
+        return self.unpacked / 1e6 / self.unpack_seconds if self.unpack_seconds else 0.0
 
 
 def settle() -> None:
@@ -190,6 +237,7 @@ def main() -> int:
     built = {(name, r): SHAPES[name](base, r) for name in shapes for r in range(args.repeat)}
     work = Path(tempfile.mkdtemp(prefix="crisp-bench-"))
     results: dict[str, dict[str, list[float]]] = {}
+    rates: dict[str, Rates] = {}
     try:
         with running_registry(base_dir=None) as registry:
             pusher = ib.RegistryPusher(registry.url)
@@ -203,27 +251,38 @@ def main() -> int:
                 for socket in (ctr_socket, crisp_socket):
                     time_pull(socket, f"{registry.host}/bench/base:latest")
                 settle()
+                crisp_log = work / "crisp" / "crisp.log"
                 for name in shapes:
                     results[name] = {"crisp": [], "containerd": []}
+                    rates[name] = Rates()
                     for r in range(args.repeat):
                         reference = f"{registry.host}/bench/{name}:r{r}"
                         # alternate who goes first, so neither always gets the warmer cache
                         order = [("containerd", ctr_socket), ("crisp", crisp_socket)]
                         for runtime, socket in order if r % 2 == 0 else order[::-1]:
+                            log_at = crisp_log.stat().st_size
                             results[name][runtime].append(time_pull(socket, reference))
+                            if runtime == "crisp":
+                                with open(crisp_log, "rb") as log:
+                                    log.seek(log_at)
+                                    rates[name].add(log.read().decode(errors="replace"))
                             settle()
     finally:
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'shape':<14}{'layers':>7}{'MB':>8}{'crisp s':>10}{'containerd s':>14}"
-          f"{'crisp/containerd':>18}")
+    print("\nPull: seconds (median), the ratio (below 1: crisp is faster) and MB/s of compressed"
+          "\nlayers over the whole pull; crisp's download rate (per blob stream) and unpack rate"
+          "\n(of unpacked bytes, per layer) come from its log.")
+    print(f"\n{'shape':<14}{'layers':>7}{'MB':>7}{'crisp s':>9}{'ctrd s':>8}{'crisp/ctrd':>11}"
+          f"{'crisp MB/s':>11}{'ctrd MB/s':>10}{'download MB/s':>14}{'unpack MB/s':>12}")
     for name in shapes:
         image = built[(name, 0)]
         size = sum(len(layer.data) for layer in image.layers) / 1e6
         ours = statistics.median(results[name]["crisp"])
         theirs = statistics.median(results[name]["containerd"])
-        print(f"{name:<14}{len(image.layers):>7}{size:>8.1f}{ours:>10.3f}{theirs:>14.3f}"
-              f"{ours / theirs:>18.2f}")
+        print(f"{name:<14}{len(image.layers):>7}{size:>7.1f}{ours:>9.3f}{theirs:>8.3f}"
+              f"{ours / theirs:>11.2f}{size / ours:>11.1f}{size / theirs:>10.1f}"
+              f"{rates[name].download_mbps:>14.1f}{rates[name].unpack_mbps:>12.1f}")
     return 0
 
 

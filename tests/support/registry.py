@@ -404,6 +404,8 @@ class FlakyProxy:
         self.concurrent_blobs = 0
         self.max_concurrent_blobs = 0
         self.blob_delay = 0.0
+        self.throttle = 0.0  # seconds to pause after each 64 KiB of a blob body
+        self.blob_bytes_sent = 0  # body bytes of blob GETs written to clients
         self.unavailable = 0  # answer this many requests with 503 first
         self.authorizations: list[str] = []  # every Authorization header it was sent
         self.port = free_port()
@@ -453,16 +455,26 @@ class FlakyProxy:
                 if key in upstream.headers:
                     response.headers[key] = upstream.headers[key]
             response.content_length = len(body)
-            cut = ("/blobs/" in request.path and request.method == "GET" and "Range" not in headers
+            is_blob_get = "/blobs/" in request.path and request.method == "GET"
+            cut = (is_blob_get and "Range" not in headers
                    and self.drops > 0 and len(body) > self.cut_at)
             await response.prepare(request)
             if cut:
                 self.drops -= 1
                 await response.write(body[: self.cut_at])
+                self.blob_bytes_sent += self.cut_at
                 await asyncio.sleep(0.05)
                 request.transport.close()
                 return response
-            await response.write(body)
+            if is_blob_get and self.throttle:
+                for start in range(0, len(body), 1 << 16):
+                    await response.write(body[start:start + (1 << 16)])
+                    self.blob_bytes_sent += len(body[start:start + (1 << 16)])
+                    await asyncio.sleep(self.throttle)
+            else:
+                await response.write(body)
+                if is_blob_get:
+                    self.blob_bytes_sent += len(body)
             await response.write_eof()
             return response
 

@@ -1,9 +1,10 @@
 """The content store: blobs named by their sha256 digest, verified while they stream in.
 
 ``<root>/content/blobs/sha256/<hex>`` is a complete, verified blob; ``ingest/<hex>`` is a
-download in progress. A blob becomes visible only by an atomic rename after its size and digest
-matched and its data was fsynced, so a reader never sees a partial or wrong blob. Hashing and
-writing run in a worker thread, a megabyte at a time.
+download in progress, kept across a crash so that the next pull resumes it. A blob becomes
+visible only by an atomic rename after its size and digest matched and its data was fsynced,
+so a reader never sees a partial or wrong blob. Hashing and writing run in a worker thread, a
+megabyte at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +28,7 @@ from crisp.images.reference import validate_digest
 log = logging.getLogger(__name__)
 
 _FLUSH_AT = 1 << 20
+PARTIAL_MAX_AGE = 24 * 3600.0  # a partial download untouched this long is dropped at start-up
 
 
 class DigestMismatch(InvalidArgument):
@@ -42,7 +47,11 @@ class Ingest:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.offset = 0
+        self.resumed_from = 0  # bytes a crashed download left, reused by this one
         self._fd = -1
+        # a write still running in its thread after a cancel must finish before the file
+        # is closed, else it could land in whatever file reuses the descriptor number
+        self._io = threading.Lock()
 
     def open(self, resume: bool) -> None:
         """Open the ingest file (blocking); with ``resume`` keep and rehash what is there."""
@@ -52,9 +61,13 @@ class Ingest:
         if not resume:
             flags |= os.O_TRUNC
         self._fd = os.open(self.path, flags, 0o644)
+        if self.expected_size is not None and os.fstat(self._fd).st_size > self.expected_size:
+            log.info("partial download of %s is longer than the blob; starting over", self.digest)
+            os.ftruncate(self._fd, 0)
         while chunk := os.read(self._fd, _FLUSH_AT):
             self._hash.update(chunk)
             self.offset += len(chunk)
+        self.resumed_from = self.offset
 
     async def restart(self) -> None:
         """Throw away what was written (the server ignored our Range request)."""
@@ -63,6 +76,10 @@ class Ingest:
         await asyncio.to_thread(self._truncate)
 
     def _truncate(self) -> None:
+        with self._io:
+            self._truncate_locked()
+
+    def _truncate_locked(self) -> None:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hash = hashlib.sha256()
@@ -91,6 +108,10 @@ class Ingest:
         await asyncio.to_thread(self._write_blocking, data)
 
     def _write_blocking(self, data: bytes) -> None:
+        with self._io:
+            self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> None:
         self._hash.update(data)
         view = memoryview(data)
         while view:
@@ -124,10 +145,23 @@ class Ingest:
         return final
 
     def _discard(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.path.unlink(missing_ok=True)
+        with self._io:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self.path.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        """Keep what was written (for a later pull to resume) and release the file."""
+        self._pending.clear()
+        self._pending_size = 0
+        await asyncio.to_thread(self._close_blocking)
+
+    def _close_blocking(self) -> None:
+        with self._io:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     async def abort(self) -> None:
         """Remove the partial blob: nothing half-written stays behind."""
@@ -145,11 +179,20 @@ class ContentStore:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def setup(self) -> None:
-        """Create the directories and drop downloads a crash interrupted (blocking)."""
+        """Create the directories; keep partial downloads a crash cut off (the next pull
+        resumes them), drop every other leftover (blocking)."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        if self.ingest_dir.exists():
-            shutil.rmtree(self.ingest_dir)
-        self.ingest_dir.mkdir(parents=True)
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.ingest_dir.iterdir():
+            if (_is_hex_digest(entry.name) and entry.is_file() and not entry.is_symlink()
+                    and time.time() - entry.stat().st_mtime < PARTIAL_MAX_AGE):
+                log.info("keeping partial download %s (%d bytes) to resume", entry.name,
+                         entry.stat().st_size)
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def path(self, digest: str) -> Path:
         validate_digest(digest)
@@ -164,6 +207,17 @@ class ContentStore:
     def lock(self, digest: str) -> asyncio.Lock:
         """Held while a blob is being fetched, so concurrent pulls fetch it only once."""
         return self._locks.setdefault(digest, asyncio.Lock())
+
+    async def drop_partials(self, digests: Iterable[str]) -> None:
+        """Remove the partial downloads of ``digests`` that no pull is writing now."""
+        idle = [self.ingest_dir / d.removeprefix("sha256:") for d in digests
+                if not self.lock(d).locked()]
+
+        def drop() -> None:
+            for path in idle:
+                path.unlink(missing_ok=True)
+
+        await asyncio.to_thread(drop)
 
     async def read(self, digest: str) -> bytes:
         path = self.path(digest)
@@ -245,3 +299,7 @@ class ContentStore:
 
         return await asyncio.to_thread(total)
 
+
+
+def _is_hex_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)

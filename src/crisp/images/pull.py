@@ -16,7 +16,7 @@ from pathlib import Path
 from crisp.config import LiveConfig
 from crisp.errors import DeadlineExceeded, InvalidArgument
 from crisp.images.auth import Credentials
-from crisp.images.content import ContentStore
+from crisp.images.content import ContentStore, DigestMismatch, Ingest
 from crisp.images.manifest import (
     Descriptor,
     Index,
@@ -108,6 +108,9 @@ class Puller:
                                                   limit, progress))
         except BaseExceptionGroup as group_error:
             await self.layers.settle()
+            # a failed pull gives its space back: the partials of the layers its failure
+            # cancelled go too (a pull that is itself cancelled keeps them, to resume)
+            await self.content.drop_partials(layer.digest for layer in manifest.layers)
             raise _first_error(group_error) from None
         size = len(top.data) + manifest.config.size + sum(layer.size for layer in manifest.layers)
         return Image(
@@ -137,10 +140,12 @@ class Puller:
             blob = await self._blob(repository, descriptor, progress)
         entry.state = "unpacking"
         started = time.monotonic()
-        await self.layers.ensure(chain, parent, diff_id, blob)
+        info = await self.layers.ensure(chain, parent, diff_id, blob)
         entry.state = "done"
-        log.info("layer %s of %s ready (%d bytes, unpacked in %.2fs)", descriptor.digest,
-                 progress.reference, descriptor.size, time.monotonic() - started)
+        # bench/pull.py reads the sizes and times of these two lines for its rates
+        log.info("layer %s of %s ready (%d bytes, %d unpacked, unpacked in %.3fs)",
+                 descriptor.digest, progress.reference, descriptor.size, info.size,
+                 time.monotonic() - started)
 
     async def _blob(self, repository: RepositoryClient, descriptor: Descriptor,
                     progress: PullProgress, log_it: bool = True) -> Path:
@@ -152,24 +157,43 @@ class Puller:
         async with self.content.lock(descriptor.digest):
             if self.content.has(descriptor.digest):
                 return self.content.path(descriptor.digest)
-            ingest = await self.content.begin(descriptor.digest, descriptor.size)
-
-            def advance(n: int) -> None:
-                if entry is not None:
-                    entry.done = ingest.written  # also right after a resume or a restart
-
             if entry is not None:
                 entry.state = "downloading"
-            try:
-                await repository.fetch_blob(descriptor, ingest, advance,
-                                            self.live.current.images.pull_progress_timeout)
-                path = await ingest.commit()
-            except BaseException:
-                await ingest.abort()
-                raise
+            started = time.monotonic()
+            # a partial download a crash left resumes; if the whole then does not verify, the
+            # partial was bad (a power loss can leave zeros in it): discard it, fetch it all
+            for resume in (True, False):
+                ingest = await self.content.begin(descriptor.digest, descriptor.size,
+                                                  resume=resume)
+                if ingest.resumed_from:
+                    log.info("resuming the download of %s at byte %d", descriptor.digest,
+                             ingest.resumed_from)
+
+                def advance(n: int, ingest: Ingest = ingest) -> None:
+                    if entry is not None:
+                        entry.done = ingest.written  # also right after a resume or a restart
+
+                try:
+                    await repository.fetch_blob(descriptor, ingest, advance,
+                                                self.live.current.images.pull_progress_timeout)
+                    path = await ingest.commit()
+                except DigestMismatch:
+                    await ingest.abort()
+                    if ingest.resumed_from and resume:
+                        log.warning("resumed download of %s does not match its digest; "
+                                    "downloading it again from the start", descriptor.digest)
+                        continue
+                    raise
+                except asyncio.CancelledError:
+                    await ingest.close()  # the caller gave up or crisp stops: the next pull resumes
+                    raise
+                except BaseException:
+                    await ingest.abort()
+                    raise
+                break
             if log_it:
-                log.info("downloaded %s of %s (%d bytes)", descriptor.digest, progress.reference,
-                         descriptor.size)
+                log.info("downloaded %s of %s (%d bytes in %.3fs)", descriptor.digest,
+                         progress.reference, descriptor.size, time.monotonic() - started)
             return path
 
 

@@ -2,8 +2,9 @@
 
 Layout under ``<root>/layers``: ``<chain-hex>/diff`` is the unpacked layer, ``l/<short>`` a
 symlink to it whose short name keeps deep lowerdir mount options under the page-size limit.
-A layer is unpacked into ``tmp-*`` and renamed into place, so a crash never leaves a layer
-half there; leftovers of ``tmp-*`` are swept at start-up.
+A layer is unpacked into ``tmp-*``, synced to disk (one syncfs) and renamed into place, and
+only then recorded, so a crash never leaves a recorded layer half there; leftovers of ``tmp-*``
+and directories without a record are swept at start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from crisp.durable import fsync_dir
+from crisp.durable import fsync_dir, syncfs
+from crisp.failpoints import failpoint
 from crisp.filemodes import public_dir
 from crisp.state import Database, Records
 from crisp.storage.unpack import unpack_layer
@@ -118,6 +120,7 @@ class LayerStore:
         self, chain_id: str, parent: str | None, diff_id: str, blob: Path
     ) -> LayerInfo:
         result = await asyncio.to_thread(self._unpack_blocking, chain_id, diff_id, blob)
+        failpoint("layer.unpacked")  # on disk, not yet recorded: a restart must redo it
         info = LayerInfo(chain_id, parent, diff_id, result[0], result[1])
         try:
             await self.records.put(
@@ -140,6 +143,9 @@ class LayerStore:
             public_dir(diff)  # a layer without a "./" entry shows it as a directory's mode
             result = unpack_layer(blob, diff, diff_id)
             (staging / "link").write_text(short_name(chain_id))
+            # the files must be on disk before the record says the layer is ready: a power
+            # loss after it must not leave a recorded layer with empty or missing files
+            syncfs(staging)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging, final)
