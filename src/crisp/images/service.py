@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crisp.config import LiveConfig
 from crisp.diskspace import DiskFull, disk_full_from, is_disk_full
@@ -29,17 +29,18 @@ from crisp.images.gc import GarbageCollector, GcResult
 from crisp.images.manifest import Manifest, parse_config
 from crisp.images.model import Image, LayerRef
 from crisp.images.progress import PullProgress
-from crisp.images.pull import Puller
 from crisp.images.reference import (
     Reference,
     looks_like_image_id,
     parse_reference,
     search_candidates,
 )
-from crisp.images.registry import RegistryClient
 from crisp.images.store import ImageStore
 from crisp.state import Database
 from crisp.storage import LayerStore, SnapshotStore, chain_ids, disk_usage
+
+if TYPE_CHECKING:
+    from crisp.images.pull import Puller
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,10 @@ class ImageService:
         self.content = ContentStore(root)
         self.layers = LayerStore(root, db)
         self.snapshots = snapshots or SnapshotStore(root, db)
-        self.registry = RegistryClient(live)
         self.store = ImageStore(db, self._is_pinned)
-        self.puller = Puller(live, self.registry, self.content, self.layers)
+        # The registry client (aiohttp, about 10 MiB of RSS) is built on the first pull: a
+        # node whose images are all present never loads it.
+        self._puller: Puller | None = None
         self.gate = PullGate()
         self.collector = GarbageCollector(self.store, self.content, self.layers, self.snapshots,
                                           self.gate)
@@ -98,8 +100,19 @@ class ImageService:
         self.layers.setup()
         self.snapshots.setup()
 
+    @property
+    def puller(self) -> Puller:
+        if self._puller is None:
+            from crisp.images.pull import Puller
+            from crisp.images.registry import RegistryClient
+
+            self._puller = Puller(self.live, RegistryClient(self.live), self.content,
+                                  self.layers)
+        return self._puller
+
     async def close(self) -> None:
-        await self.registry.close()
+        if self._puller is not None:
+            await self._puller.client.close()
 
     def _is_pinned(self, names: list[str]) -> bool:
         pause = self.live.current.pod.pause_image
@@ -147,7 +160,7 @@ class ImageService:
 
     def progress(self) -> builtins.list[PullProgress]:
         """The pulls running now, with per-layer progress."""
-        return list(self.puller.active.values())
+        return list(self.puller.active.values()) if self._puller is not None else []
 
     async def status(self, reference: str) -> Image | None:
         """The image ``reference`` names (id, id prefix, name or digest ref), or None."""
