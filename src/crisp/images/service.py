@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from crisp.config import LiveConfig
 from crisp.diskspace import DiskFull, disk_full_from, is_disk_full
 from crisp.errors import InvalidArgument, NotFound, Unavailable
-from crisp.images import archive
 from crisp.images.auth import Credentials
 from crisp.images.content import ContentStore
 from crisp.images.gate import PullGate
@@ -240,6 +239,8 @@ class ImageService:
 
     async def import_archive(self, path: Path, base_name: str = "") -> builtins.list[Image]:
         """Import every image of a docker-save or OCI layout archive at ``path``."""
+        from crisp.images import archive  # tarfile only for archives
+
         if base_name:
             parse_reference(base_name)
         try:
@@ -260,6 +261,8 @@ class ImageService:
 
     async def import_rootfs(self, tar_path: Path, name: str) -> Image:
         """Make a one-layer image named ``name`` from a tar of a directory (docker import)."""
+        from crisp.images import archive  # tarfile only for archives
+
         reference = parse_reference(name)
         if reference.digest:
             raise InvalidArgument(f"an imported image is named by a tag, not a digest: {name!r}")
@@ -312,6 +315,8 @@ class ImageService:
 
         A tag writes that name; an id or digest writes all of the image's tags.
         """
+        from crisp.images import archive  # tarfile only for archives
+
         if not references:
             raise InvalidArgument("export needs at least one image reference")
         chosen: dict[str, tuple[Image, builtins.list[str]]] = {}
