@@ -14,12 +14,14 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import BinaryIO
 
 from crisp.durable import fsync_dir
 from crisp.errors import InvalidArgument, NotFound
 from crisp.images.reference import validate_digest
+from crisp.keyedlocks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class ContentStore:
         self.root = root / "content"
         self.blob_dir = self.root / "blobs" / "sha256"
         self.ingest_dir = self.root / "ingest"
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
 
     def setup(self) -> None:
         """Create the directories and drop downloads a crash interrupted (blocking)."""
@@ -161,9 +163,9 @@ class ContentStore:
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
 
-    def lock(self, digest: str) -> asyncio.Lock:
+    def lock(self, digest: str) -> AbstractAsyncContextManager[None]:
         """Held while a blob is being fetched, so concurrent pulls fetch it only once."""
-        return self._locks.setdefault(digest, asyncio.Lock())
+        return self._locks.hold(digest)
 
     async def read(self, digest: str) -> bytes:
         path = self.path(digest)

@@ -14,10 +14,12 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crisp import heap
 from crisp.config import LiveConfig
 from crisp.diskspace import DiskFull, disk_full_from, is_disk_full
 from crisp.errors import InvalidArgument, NotFound, Unavailable
@@ -35,6 +37,7 @@ from crisp.images.reference import (
     search_candidates,
 )
 from crisp.images.store import ImageStore
+from crisp.keyedlocks import KeyedLocks
 from crisp.state import Database
 from crisp.storage import LayerStore, SnapshotStore, chain_ids, disk_usage
 
@@ -81,7 +84,7 @@ class ImageService:
         self.gate = PullGate()
         self.collector = GarbageCollector(self.store, self.content, self.layers, self.snapshots,
                                           self.gate)
-        self._name_locks: dict[str, asyncio.Lock] = {}
+        self._name_locks = KeyedLocks()
         self._usage: tuple[float, ImageFsUsage] | None = None
 
     async def start(self) -> None:
@@ -121,8 +124,8 @@ class ImageService:
             return False
         return pause_name in names
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._name_locks.setdefault(name, asyncio.Lock())
+    def _lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        return self._name_locks.hold(name)
 
     async def pull(self, reference: str, auth: Credentials | None = None) -> Image:
         """Pull ``reference`` and record it under its tag and digest.
@@ -155,6 +158,8 @@ class ImageService:
             raise await self._out_of_space(error, f"pulling {ref}") from error
         log.info("pulled %s as %s", ref, image.id)
         self._usage = None
+        if self._puller is not None and not self._puller.active:
+            await asyncio.to_thread(heap.trim)  # the last pull's buffers back to the kernel
         return await self.resolve(image.id)
 
     def progress(self) -> builtins.list[PullProgress]:
