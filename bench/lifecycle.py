@@ -86,28 +86,49 @@ class PodDriver:
         for image in images:
             self.images.PullImage(cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=image)))
 
-    def start(self, name: str) -> tuple[str, str, float]:
-        """Run a pod with one sleeping container; return its ids and the seconds it took."""
-        config = cri_pb2.PodSandboxConfig(
+    def pod_config(self, name: str) -> Any:
+        return cri_pb2.PodSandboxConfig(
             metadata=cri_pb2.PodSandboxMetadata(name=name, uid=f"uid-{name}",
                                                 namespace="bench"),
             hostname=name, log_directory=str(self.logs / name),
             linux=cri_pb2.LinuxPodSandboxConfig(security_context=cri_pb2.LinuxSandboxSecurityContext(
                 namespace_options=cri_pb2.NamespaceOption(pid=cri_pb2.CONTAINER))),
         )
-        container = cri_pb2.ContainerConfig(
-            metadata=cri_pb2.ContainerMetadata(name="sleep"),
+
+    def container_config(self, name: str) -> Any:
+        return cri_pb2.ContainerConfig(
+            metadata=cri_pb2.ContainerMetadata(name=name),
             image=cri_pb2.ImageSpec(image=self.busybox), command=["sleep", "3600"],
-            log_path="sleep.log",
+            log_path=f"{name}.log",
             linux=cri_pb2.LinuxContainerConfig(security_context=cri_pb2.LinuxContainerSecurityContext(
                 namespace_options=cri_pb2.NamespaceOption(pid=cri_pb2.CONTAINER))),
         )
+
+    def start(self, name: str) -> tuple[str, str, float]:
+        """Run a pod with one sleeping container; return its ids and the seconds it took."""
+        config = self.pod_config(name)
+        container = self.container_config("sleep")
         began = time.perf_counter()
         pod_id = self.stub.RunPodSandbox(cri_pb2.RunPodSandboxRequest(config=config)).pod_sandbox_id
         container_id = self.stub.CreateContainer(cri_pb2.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=container, sandbox_config=config)).container_id
         self.stub.StartContainer(cri_pb2.StartContainerRequest(container_id=container_id))
         return pod_id, container_id, time.perf_counter() - began
+
+    def add_container(self, pod_id: str, pod_name: str, name: str) -> str:
+        """Create and start one more sleeping container in the pod; its id."""
+        container_id = self.stub.CreateContainer(cri_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=self.container_config(name),
+            sandbox_config=self.pod_config(pod_name))).container_id
+        self.stub.StartContainer(cri_pb2.StartContainerRequest(container_id=container_id))
+        return str(container_id)
+
+    def stop_pod(self, pod_id: str, container_ids: list[str]) -> None:
+        for container_id in container_ids:
+            self.stub.StopContainer(cri_pb2.StopContainerRequest(container_id=container_id,
+                                                                 timeout=0))
+        self.stub.StopPodSandbox(cri_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        self.stub.RemovePodSandbox(cri_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
     def stop(self, pod_id: str, container_id: str) -> float:
         began = time.perf_counter()
