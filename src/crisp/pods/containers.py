@@ -46,7 +46,7 @@ from crisp.pods.model import (
     container_name,
 )
 from crisp.pods.oci_inputs import container_request, image_defaults, user_request
-from crisp.pods.steps import step
+from crisp.steps import step
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from crisp.pods.model import (
 )
 from crisp.pods.namespaces import create_namespaces, release_namespaces
 from crisp.pods.podfiles import PodFiles, release_shm, remove_pod_files, write_pod_files
-from crisp.pods.steps import step
+from crisp.steps import step
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import grpc
 
-from crisp import __version__
+from crisp import __version__, steps
 from crisp.api import cri_pb2
 from crisp.oci.handlers import handler_features
-from crisp.pods import steps
 from crisp.server.services import Services
 
 log = logging.getLogger(__name__)
