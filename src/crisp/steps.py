@@ -2,8 +2,8 @@
 
 The benchmark reads the sums (Status with verbose, key ``steps``) before and after its runs
 to split a pod start into namespaces, CNI ADD, runc create, runc start and the state commits,
-so the next gain is visible. Keys are a fixed set of step names (and the configured CNI plugin types): the table
-stays tiny.
+so the next gain is visible. Keys are a fixed set of step names (and the configured CNI
+plugin types): the table stays tiny.
 """
 
 from __future__ import annotations
