@@ -86,28 +86,49 @@ class PodDriver:
         for image in images:
             self.images.PullImage(cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=image)))
 
-    def start(self, name: str) -> tuple[str, str, float]:
-        """Run a pod with one sleeping container; return its ids and the seconds it took."""
-        config = cri_pb2.PodSandboxConfig(
+    def pod_config(self, name: str) -> Any:
+        return cri_pb2.PodSandboxConfig(
             metadata=cri_pb2.PodSandboxMetadata(name=name, uid=f"uid-{name}",
                                                 namespace="bench"),
             hostname=name, log_directory=str(self.logs / name),
             linux=cri_pb2.LinuxPodSandboxConfig(security_context=cri_pb2.LinuxSandboxSecurityContext(
                 namespace_options=cri_pb2.NamespaceOption(pid=cri_pb2.CONTAINER))),
         )
-        container = cri_pb2.ContainerConfig(
-            metadata=cri_pb2.ContainerMetadata(name="sleep"),
+
+    def container_config(self, name: str) -> Any:
+        return cri_pb2.ContainerConfig(
+            metadata=cri_pb2.ContainerMetadata(name=name),
             image=cri_pb2.ImageSpec(image=self.busybox), command=["sleep", "3600"],
-            log_path="sleep.log",
+            log_path=f"{name}.log",
             linux=cri_pb2.LinuxContainerConfig(security_context=cri_pb2.LinuxContainerSecurityContext(
                 namespace_options=cri_pb2.NamespaceOption(pid=cri_pb2.CONTAINER))),
         )
+
+    def start(self, name: str) -> tuple[str, str, float]:
+        """Run a pod with one sleeping container; return its ids and the seconds it took."""
+        config = self.pod_config(name)
+        container = self.container_config("sleep")
         began = time.perf_counter()
         pod_id = self.stub.RunPodSandbox(cri_pb2.RunPodSandboxRequest(config=config)).pod_sandbox_id
         container_id = self.stub.CreateContainer(cri_pb2.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=container, sandbox_config=config)).container_id
         self.stub.StartContainer(cri_pb2.StartContainerRequest(container_id=container_id))
         return pod_id, container_id, time.perf_counter() - began
+
+    def add_container(self, pod_id: str, pod_name: str, name: str) -> str:
+        """Create and start one more sleeping container in the pod; its id."""
+        container_id = self.stub.CreateContainer(cri_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=self.container_config(name),
+            sandbox_config=self.pod_config(pod_name))).container_id
+        self.stub.StartContainer(cri_pb2.StartContainerRequest(container_id=container_id))
+        return str(container_id)
+
+    def stop_pod(self, pod_id: str, container_ids: list[str]) -> None:
+        for container_id in container_ids:
+            self.stub.StopContainer(cri_pb2.StopContainerRequest(container_id=container_id,
+                                                                 timeout=0))
+        self.stub.StopPodSandbox(cri_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        self.stub.RemovePodSandbox(cri_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
     def stop(self, pod_id: str, container_id: str) -> float:
         began = time.perf_counter()
@@ -116,6 +137,9 @@ class PodDriver:
         self.stub.StopPodSandbox(cri_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
         self.stub.RemovePodSandbox(cri_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         return time.perf_counter() - began
+
+    def status_info(self) -> dict[str, str]:
+        return dict(self.stub.Status(cri_pb2.StatusRequest(verbose=True)).info)
 
     def sandbox_pid(self, pod_id: str) -> int:
         response = self.stub.PodSandboxStatus(cri_pb2.PodSandboxStatusRequest(
@@ -162,12 +186,28 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def memory_with(driver: PodDriver, pods: int, prefix: str) -> tuple[int, int, int]:
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The daemon's memory by kind (kernel's /proc/PID/smaps_rollup), in bytes."""
+    found: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss", "Anonymous", "Shared_Clean", "Private_Clean",
+                       "Private_Dirty"):
+                found[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return found
+
+
+def memory_with(driver: PodDriver, pods: int, prefix: str,
+                breakdown: dict[str, dict[str, int]]) -> tuple[int, int, int]:
     """(daemon RSS, per-pod processes' RSS, number of per-pod processes) with ``pods`` running."""
     running = [driver.start(f"{prefix}-{i}")[:2] for i in range(pods)]
     time.sleep(1.0)  # let lazily started helpers settle
     try:
         daemon = rss_bytes(driver.runtime.daemon_pid())
+        breakdown[f"{pods} pods"] = smaps_rollup(driver.runtime.daemon_pid())
         pids = driver.runtime.per_pod_pids([pod for pod, _ in running])
         pids += [pid for pid in (driver.sandbox_pid(pod) for pod, _ in running) if pid]
         return daemon, sum(rss_bytes(pid) for pid in set(pids)), len(set(pids))
@@ -207,6 +247,7 @@ def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
         f'bin_dirs = ["{CNI_BIN}"]\n'
     )
     daemon.start()
+    os.environ.pop("PYTHONTRACEMALLOC", None)
     try:
         assert daemon.process is not None
         process = daemon.process
@@ -332,17 +373,37 @@ class Results:
     con_start: list[float]
     con_stop: list[float]
     memory: dict[int, tuple[int, int, int]]
+    # smaps_rollup of the daemon: fresh, with the images pulled, with N pods
+    breakdown: dict[str, dict[str, int]]
+    # crisp only: mean ms per start step over the sequence, from Status verbose "steps"
+    steps: dict[str, float]
+    heap: list[list[Any]]
 
 
 def measure(runtime: Runtime, busybox: str, pause: str, logs: Path,
             options: argparse.Namespace) -> Results:
     driver = PodDriver(runtime, busybox, logs)
+    breakdown = {"idle (fresh)": smaps_rollup(runtime.daemon_pid())}
     driver.pull(busybox, pause)
+    breakdown["idle (pulled)"] = smaps_rollup(runtime.daemon_pid())
     sequence(driver, 3, "warmup")
+    before = driver.status_info().get("steps")
     seq_start, seq_stop = sequence(driver, options.sequence, "seq")
+    steps = step_means(before, driver.status_info().get("steps"), options.sequence)
     con_start, con_stop = concurrent(driver, options.clients, options.per_client, "con")
-    memory = {count: memory_with(driver, count, f"mem{count}") for count in (10, 50)}
-    return Results(seq_start, seq_stop, con_start, con_stop, memory)
+    memory = {count: memory_with(driver, count, f"mem{count}", breakdown)
+              for count in (10, 50)}
+    heap = json.loads(driver.status_info().get("tracemalloc", "[]"))
+    return Results(seq_start, seq_stop, con_start, con_stop, memory, breakdown, steps, heap)
+
+
+def step_means(before: str | None, after: str | None, pods: int) -> dict[str, float]:
+    """Mean milliseconds per pod start of each step between two Status "steps" readings."""
+    if not before or not after:
+        return {}
+    old, new = json.loads(before), json.loads(after)
+    return {name: (value["seconds"] - old.get(name, {}).get("seconds", 0.0)) * 1000 / pods
+            for name, value in new.items()}
 
 
 def report(results: dict[str, Results]) -> None:
@@ -372,12 +433,33 @@ def report(results: dict[str, Results]) -> None:
     marginal_ctrd = (sum(ctrd.memory[50][:2]) - sum(ctrd.memory[10][:2])) / 40
     row("memory per additional pod (50 vs 10 pods)", marginal_crisp / mib, marginal_ctrd / mib,
         "MiB")
-    start_ok = statistics.median(crisp.seq_start) < statistics.median(ctrd.seq_start)
+    print(f"\ndaemon memory (smaps_rollup, MiB)  {'':>10}", end="")
+    kinds = ("Rss", "Pss", "Anonymous", "Private_Dirty")
+    print("".join(f"{kind:>14}" for kind in kinds))
+    for name, result in (("crisp", crisp), ("containerd", ctrd)):
+        for stage, values in result.breakdown.items():
+            print(f"{name + ' ' + stage:<45}", end="")
+            print("".join(f"{values.get(kind, 0) / mib:>14.1f}" for kind in kinds))
+    if crisp.heap:
+        print("\ncrisp Python heap by file (tracemalloc, 50 pods just stopped)")
+        for filename, kib, blocks in crisp.heap:
+            print(f"  {kib:>8} KiB {blocks:>8} blocks  {filename}")
+    if crisp.steps:
+        seq_median = statistics.median(crisp.seq_start) * 1000
+        print(f"\ncrisp pod start by step (mean ms over the sequence; median start "
+              f"{seq_median:.1f} ms, containerd {statistics.median(ctrd.seq_start) * 1000:.1f})")
+        for name, ms in sorted(crisp.steps.items(), key=lambda item: -item[1]):
+            print(f"  {name:<40} {ms:>8.2f}")
+        print(f"  {'(sum of steps)':<40} {sum(crisp.steps.values()):>8.2f}")
+    start_ok = statistics.median(crisp.seq_start) <= statistics.median(ctrd.seq_start) / 2
     memory_ok = marginal_crisp < marginal_ctrd / 2
-    print(f"\ntarget: crisp pod start median below containerd's: "
+    print(f"\ntarget: crisp pod start median at or below 0.5x containerd's: "
           f"{'met' if start_ok else 'NOT met'}")
     print(f"target: crisp memory per pod under half of containerd's: "
           f"{'met' if memory_ok else 'NOT met'}")
+    daemon_ok = all(crisp.memory[n][0] <= ctrd.memory[n][0] for n in (10, 50))
+    print(f"target: crisp daemon RSS at or below containerd's (10 and 50 pods): "
+          f"{'met' if daemon_ok else 'NOT met'}")
 
 
 def main() -> None:
@@ -386,6 +468,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10, help="concurrent clients")
     parser.add_argument("--per-client", type=int, default=3, help="pods per concurrent client")
     parser.add_argument("--only", choices=("crisp", "containerd"), help="measure one runtime")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="trace crisp's Python heap and print its largest holders "
+                        "(slows crisp down: not for latency figures)")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the runtimes mount overlays and create namespaces")
@@ -406,6 +491,8 @@ def main() -> None:
                 if options.only and options.only != name:
                     continue
                 print(f"measuring {name}...", flush=True)
+                if name == "crisp" and options.tracemalloc:
+                    os.environ["PYTHONTRACEMALLOC"] = "1"  # read by the daemon at start
                 with factory(base / name, registry.host) as runtime:
                     results[name] = measure(runtime, busybox, pause, base / name / "logs",
                                             options)
@@ -415,6 +502,12 @@ def main() -> None:
             for name, result in results.items():
                 print(name, "start median ms", statistics.median(result.seq_start) * 1000,
                       "memory", result.memory)
+                print("daemon smaps_rollup (MiB):", {
+                    stage: {kind: round(value / 2**20, 1) for kind, value in values.items()}
+                    for stage, values in result.breakdown.items()})
+                if result.steps:
+                    print("start steps (mean ms):", {name: round(ms, 2) for name, ms in
+                                                     sorted(result.steps.items())})
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

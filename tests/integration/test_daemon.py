@@ -20,6 +20,7 @@ from crisp import __version__
 from crisp.api import cri_pb2
 from tests.integration.conftest import DaemonFactory
 from tests.support.daemon import CrispDaemon, checkout_env
+from tests.support.registry import BusyboxRegistry
 
 
 def free_port() -> int:
@@ -233,3 +234,20 @@ def test_crispctl_talks_cri_over_the_socket(crisp_daemon: CrispDaemon, tmp_path:
     missing = crispctl("-r", str(tmp_path / "nothing.sock"), "-t", "2", "version")
     assert missing.returncode == 1
     assert "UNAVAILABLE" in missing.stderr
+
+
+def _loaded_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_idle_daemon_loads_neither_http_stack_nor_version_metadata(
+        make_daemon: DaemonFactory, registry_busybox: BusyboxRegistry) -> None:
+    """aiohttp (about 10 MiB of RSS) waits for the first pull; the steps table is served."""
+    daemon = make_daemon()
+    assert daemon.process is not None
+    status = daemon.runtime.Status(cri_pb2.StatusRequest(verbose=True))
+    assert json.loads(status.info["steps"]) == {}
+    assert "aiohttp" not in _loaded_libraries(daemon.process.pid)
+    daemon.images.PullImage(cri_pb2.PullImageRequest(
+        image=cri_pb2.ImageSpec(image=registry_busybox.reference)))
+    assert "aiohttp" in _loaded_libraries(daemon.process.pid)

@@ -56,6 +56,12 @@ def test_pod_gets_its_own_namespaces_hostname_dns_and_shm(env: PodsEnv) -> None:
                          "cat /dev/shm/mark").splitlines()
         assert second[:3] == namespaces
         assert second[3] == "shared"
+        # The start steps the benchmark splits a pod start into were timed.
+        info = env.runtime.Status(cri_pb2.StatusRequest(verbose=True)).info
+        steps = json.loads(info["steps"])
+        for name in ("pod: namespaces", "pod: files", "container: conmon + runc create",
+                     "container: runc start", "container: state commit"):
+            assert steps[name]["count"] >= 1 and steps[name]["seconds"] > 0, name
     finally:
         env.remove_pod(pod_id)
 

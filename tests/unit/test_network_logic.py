@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from crisp.errors import InvalidArgument
+from crisp.keyedlocks import KeyedLocks
 from crisp.network import (
     BandwidthLimits,
     DNSConfig,
@@ -21,7 +22,7 @@ from crisp.network.annotations import UNLIMITED_BURST, parse_quantity
 from crisp.network.cache import Attachment, AttachmentCache, check_sandbox_id
 from crisp.network.conflist import parse_document
 from crisp.network.invoke import Call, _plugin_error
-from crisp.network.manager import _KeyedLocks, _plugin_input, cni_args
+from crisp.network.manager import _plugin_input, cni_args
 from crisp.network.result import pod_network
 
 RESULT_1_0: dict[str, Any] = {
@@ -179,7 +180,7 @@ async def test_attachment_records_round_trip(tmp_path: Path) -> None:
 
 
 async def test_keyed_locks_serialise_one_key_and_forget_it_afterwards() -> None:
-    locks = _KeyedLocks()
+    locks = KeyedLocks()
     order: list[str] = []
 
     async def hold(key: str, name: str, pause: float) -> None:
@@ -191,4 +192,4 @@ async def test_keyed_locks_serialise_one_key_and_forget_it_afterwards() -> None:
     await asyncio.gather(hold("a", "first", 0.05), hold("a", "second", 0), hold("b", "other", 0))
     assert order.index("first-") < order.index("second+")  # same key: one after the other
     assert order.index("other+") < order.index("first-")  # another key: in parallel
-    assert locks._locks == {}
+    assert len(locks) == 0

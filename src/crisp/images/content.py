@@ -18,12 +18,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import BinaryIO
 
 from crisp.durable import fsync_dir
 from crisp.errors import InvalidArgument, NotFound
 from crisp.images.reference import validate_digest
+from crisp.keyedlocks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ class ContentStore:
         self.root = root / "content"
         self.blob_dir = self.root / "blobs" / "sha256"
         self.ingest_dir = self.root / "ingest"
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
 
     def setup(self) -> None:
         """Create the directories; keep partial downloads a crash cut off (the next pull
@@ -204,14 +206,14 @@ class ContentStore:
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
 
-    def lock(self, digest: str) -> asyncio.Lock:
+    def lock(self, digest: str) -> AbstractAsyncContextManager[None]:
         """Held while a blob is being fetched, so concurrent pulls fetch it only once."""
-        return self._locks.setdefault(digest, asyncio.Lock())
+        return self._locks.hold(digest)
 
     async def drop_partials(self, digests: Iterable[str]) -> None:
         """Remove the partial downloads of ``digests`` that no pull is writing now."""
         idle = [self.ingest_dir / d.removeprefix("sha256:") for d in digests
-                if not self.lock(d).locked()]
+                if not self._locks.busy(d)]
 
         def drop() -> None:
             for path in idle:

@@ -14,14 +14,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from crisp import heap
 from crisp.config import LiveConfig
 from crisp.diskspace import DiskFull, disk_full_from, is_disk_full
 from crisp.errors import InvalidArgument, NotFound, Unavailable
-from crisp.images import archive
 from crisp.images.auth import Credentials
 from crisp.images.content import ContentStore
 from crisp.images.endpoints import search_registries
@@ -30,17 +31,19 @@ from crisp.images.gc import GarbageCollector, GcResult
 from crisp.images.manifest import Manifest, parse_config
 from crisp.images.model import Image, LayerRef
 from crisp.images.progress import PullProgress
-from crisp.images.pull import Puller
 from crisp.images.reference import (
     Reference,
     looks_like_image_id,
     parse_reference,
     search_candidates,
 )
-from crisp.images.registry import RegistryClient
 from crisp.images.store import ImageStore
+from crisp.keyedlocks import KeyedLocks
 from crisp.state import Database
 from crisp.storage import LayerStore, SnapshotStore, chain_ids, disk_usage
+
+if TYPE_CHECKING:
+    from crisp.images.pull import Puller
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +78,14 @@ class ImageService:
         self.content = ContentStore(root)
         self.layers = LayerStore(root, db)
         self.snapshots = snapshots or SnapshotStore(root, db)
-        self.registry = RegistryClient(live)
         self.store = ImageStore(db, self._is_pinned)
-        self.puller = Puller(live, self.registry, self.content, self.layers)
+        # The registry client (aiohttp, about 10 MiB of RSS) is built on the first pull: a
+        # node whose images are all present never loads it.
+        self._puller: Puller | None = None
         self.gate = PullGate()
         self.collector = GarbageCollector(self.store, self.content, self.layers, self.snapshots,
                                           self.gate)
-        self._name_locks: dict[str, asyncio.Lock] = {}
+        self._name_locks = KeyedLocks()
         self._usage: tuple[float, ImageFsUsage] | None = None
 
     async def start(self) -> None:
@@ -99,8 +103,19 @@ class ImageService:
         self.layers.setup()
         self.snapshots.setup()
 
+    @property
+    def puller(self) -> Puller:
+        if self._puller is None:
+            from crisp.images.pull import Puller
+            from crisp.images.registry import RegistryClient
+
+            self._puller = Puller(self.live, RegistryClient(self.live), self.content,
+                                  self.layers)
+        return self._puller
+
     async def close(self) -> None:
-        await self.registry.close()
+        if self._puller is not None:
+            await self._puller.client.close()
 
     def _is_pinned(self, names: list[str]) -> bool:
         pause = self.live.current.pod.pause_image
@@ -110,8 +125,8 @@ class ImageService:
             return False
         return pause_name in names
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._name_locks.setdefault(name, asyncio.Lock())
+    def _lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        return self._name_locks.hold(name)
 
     async def pull(self, reference: str, auth: Credentials | None = None) -> Image:
         """Pull ``reference`` and record it under its tag and digest.
@@ -145,11 +160,13 @@ class ImageService:
             raise await self._out_of_space(error, f"pulling {ref}") from error
         log.info("pulled %s as %s", ref, image.id)
         self._usage = None
+        if self._puller is not None and not self._puller.active:
+            await asyncio.to_thread(heap.trim)  # the last pull's buffers back to the kernel
         return await self.resolve(image.id)
 
     def progress(self) -> builtins.list[PullProgress]:
         """The pulls running now, with per-layer progress."""
-        return list(self.puller.active.values())
+        return list(self.puller.active.values()) if self._puller is not None else []
 
     async def status(self, reference: str) -> Image | None:
         """The image ``reference`` names (id, id prefix, name or digest ref), or None."""
@@ -230,6 +247,8 @@ class ImageService:
 
     async def import_archive(self, path: Path, base_name: str = "") -> builtins.list[Image]:
         """Import every image of a docker-save or OCI layout archive at ``path``."""
+        from crisp.images import archive  # tarfile only for archives
+
         if base_name:
             parse_reference(base_name)
         try:
@@ -250,6 +269,8 @@ class ImageService:
 
     async def import_rootfs(self, tar_path: Path, name: str) -> Image:
         """Make a one-layer image named ``name`` from a tar of a directory (docker import)."""
+        from crisp.images import archive  # tarfile only for archives
+
         reference = parse_reference(name)
         if reference.digest:
             raise InvalidArgument(f"an imported image is named by a tag, not a digest: {name!r}")
@@ -302,6 +323,8 @@ class ImageService:
 
         A tag writes that name; an id or digest writes all of the image's tags.
         """
+        from crisp.images import archive  # tarfile only for archives
+
         if not references:
             raise InvalidArgument("export needs at least one image reference")
         chosen: dict[str, tuple[Image, builtins.list[str]]] = {}
@@ -370,13 +393,20 @@ class ImageService:
         return document
 
     async def filesystem_usage(self) -> ImageFsUsage:
-        """Bytes and inodes used by images (blobs and layers) and by container layers."""
+        """Bytes and inodes used by images (blobs and layers) and by container layers.
+
+        Unpacked layers never change: their figures are the ones recorded at unpack time, not
+        a walk of every file of every image each time the kubelet asks (every 10 s), which
+        took hundreds of milliseconds of the daemon's CPU on a node with a few images.
+        """
         now = time.monotonic()
         if self._usage is not None and now - self._usage[0] < USAGE_CACHE_SECONDS:
             return self._usage[1]
         timestamp = time.time_ns()
         content_bytes, content_inodes = await asyncio.to_thread(disk_usage, self.content.root)
-        layer_bytes, layer_inodes = await asyncio.to_thread(disk_usage, self.layers.root)
+        layers = await self.layers.all()
+        layer_bytes = sum(layer.size for layer in layers)
+        layer_inodes = sum(layer.inodes for layer in layers)
         container_bytes, container_inodes = await self.snapshots.total_usage()
         usage = ImageFsUsage(
             FilesystemUsage(str(self.root), content_bytes + layer_bytes,

@@ -13,13 +13,14 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from crisp.config import CNIConfig, LiveConfig
 from crisp.errors import CrispError, FailedPrecondition, InvalidArgument, RuntimeFailure
+from crisp.keyedlocks import KeyedLocks
 from crisp.network import default, version
 from crisp.network.cache import Attachment, AttachmentCache, check_sandbox_id
 from crisp.network.conflist import NetworkConfig
@@ -35,6 +36,7 @@ from crisp.network.types import (
     PortMapping,
 )
 from crisp.state import Settings
+from crisp.steps import step
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class NetworkManager:
         self._ipam_dir = state_dir / "ipam"
         self._settings = settings
         self._versions = PluginVersions()
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
         self._pod_cidrs: tuple[str, ...] = ()
 
     @property
@@ -126,7 +128,8 @@ class NetworkManager:
                 log.info("sandbox %s has an earlier network attachment: removing it first",
                          sandbox_id)
                 await self._delete(stale, None)
-            discovery = await self._discover()
+            with step("cni: discovery"):
+                discovery = await self._discover()
             if discovery.network is None:
                 raise FailedPrecondition(f"pod network is not ready: {discovery.explanation()}")
             attachment = Attachment(
@@ -137,7 +140,8 @@ class NetworkManager:
                 runtime_config=self._runtime_config(port_mappings, dns, bandwidth),
                 network=discovery.network,
             )
-            await self._cache.save(attachment)  # the intent: DEL can run from here on
+            with step("cni: result cache"):
+                await self._cache.save(attachment)  # the intent: DEL can run from here on
             progress = _Progress()
             try:
                 result = await self._add(attachment, progress)
@@ -271,7 +275,8 @@ class NetworkManager:
         for plugin in network.plugins:
             path = require_plugin(str(plugin["type"]), bin_dirs)
             config = _plugin_input(network, plugin, attachment.runtime_config, previous)
-            output = await run_plugin(path, call, config, bin_dirs, network=network.name)
+            with step(f"cni: ADD {plugin['type']}"):
+                output = await run_plugin(path, call, config, bin_dirs, network=network.name)
             if output is None:
                 raise RuntimeFailure(
                     f"CNI plugin {path} ADD for network {network.name!r} succeeded but "
@@ -329,27 +334,6 @@ class _Progress:
 
     def __init__(self) -> None:
         self.succeeded = 0
-
-
-class _KeyedLocks:
-    """One lock per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 def _plugin_input(

@@ -50,6 +50,7 @@ from crisp.pods.model import (
     container_name,
 )
 from crisp.pods.oci_inputs import container_request, image_defaults, user_request
+from crisp.steps import step
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class ContainerManager:
         store.reserve("ctr", unique, container_id)
         try:
             backend = self.ctx.backend(sandbox.runtime_handler)
-            image = await self.ctx.images.runtime_config(config.image)
+            with step("container: image config"):
+                image = await self.ctx.images.runtime_config(config.image)
             async with store.lock(container_id):
                 container = await self.build(sandbox, config, image, backend, container_id,
                                              unique, infra=False)
@@ -121,23 +123,26 @@ class ContainerManager:
                     infra: bool) -> Container:
         """Make the rootfs, bundle and conmon of a container; roll all back if any step fails."""
         ctx = self.ctx
-        operation = await ctx.journal.begin(
-            "container.create", container_id, "prepare",
-            {"sandbox_id": sandbox.id, "handler": backend.name, "infra": infra},
-        )
+        with step("container: journal"):
+            operation = await ctx.journal.begin(
+                "container.create", container_id, "prepare",
+                {"sandbox_id": sandbox.id, "handler": backend.name, "infra": infra},
+            )
         files = ctx.layout.files(container_id)
         try:
-            rootfs = await ctx.rootfs.prepare(container_id, image.lower_dirs)
+            with step("container: rootfs"):
+                rootfs = await ctx.rootfs.prepare(container_id, image.lower_dirs)
             failpoint("container.create.rootfs")
-            user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
-                                           user_request(config.security))
-            volumes = await self._image_volumes(container_id, config)
-            request = container_request(_with_volume_sources(config, volumes))
-            await _check_rro_support(request.mounts, backend)
-            security = await plan_security(
-                request.security, sandbox_privileged=sandbox.config.privileged,
-                without_host_devices=_without_host_devices(ctx, sandbox.runtime_handler),
-                runtime_path=backend.runtime.path)
+            with step("container: user and security"):
+                user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
+                                               user_request(config.security))
+                volumes = await self._image_volumes(container_id, config)
+                request = container_request(_with_volume_sources(config, volumes))
+                await _check_rro_support(request.mounts, backend)
+                security = await plan_security(
+                    request.security, sandbox_privileged=sandbox.config.privileged,
+                    without_host_devices=_without_host_devices(ctx, sandbox.runtime_handler),
+                    runtime_path=backend.runtime.path)
             stop_signal = config.stop_signal or image.stop_signal or "SIGTERM"
             signal_number(stop_signal)
             cgroups = ctx.cgroups
@@ -157,14 +162,17 @@ class ContainerManager:
             ))
             log_path = _log_path(sandbox, config)
             conmon_log = log_path or str(files.bundle / OUTPUT_LOG)
-            await asyncio.to_thread(_create_mount_sources, config)
-            await asyncio.to_thread(_write_bundle, files.bundle, spec, log_path,
-                                    sandbox.config.log_directory)
-            await ctx.journal.advance(operation, "monitor")
-            created = await backend.conmon.create(files, MonitorOptions(
-                name=unique, log_path=conmon_log, tty=config.tty, stdin=config.stdin,
-                stdin_once=config.stdin_once,
-            ))
+            with step("container: bundle"):
+                await asyncio.to_thread(_create_mount_sources, config)
+                await asyncio.to_thread(_write_bundle, files.bundle, spec, log_path,
+                                        sandbox.config.log_directory)
+            with step("container: journal"):
+                await ctx.journal.advance(operation, "monitor")
+            with step("container: conmon + runc create"):
+                created = await backend.conmon.create(files, MonitorOptions(
+                    name=unique, log_path=conmon_log, tty=config.tty, stdin=config.stdin,
+                    stdin_once=config.stdin_once,
+                ))
             container = Container(
                 id=container_id, sandbox_id=sandbox.id, config=config, image=image,
                 created_at=time.time_ns(), log_path=log_path,
@@ -176,13 +184,15 @@ class ContainerManager:
             failpoint("container.create.monitor")
             self._exited[container_id] = asyncio.Event()
             if not infra:
-                await ctx.store.save_container(container)
+                with step("container: state commit"):
+                    await ctx.store.save_container(container)
         except BaseException:
             await asyncio.shield(self.destroy(container_id, backend))
             await ctx.journal.finish(operation)
             raise
         failpoint("container.create.saved")
-        await ctx.journal.finish(operation)
+        with step("container: journal"):
+            await ctx.journal.finish(operation)
         self.watch(container)
         return container
 
@@ -235,14 +245,16 @@ class ContainerManager:
             backend = self.ctx.backend(container.runtime_handler)
             started_at = time.time_ns()  # the process may end before runc start returns
             try:
-                await backend.runtime.start(container_id)
+                with step("container: runc start"):
+                    await backend.runtime.start(container_id)
                 failpoint("container.start.started")
             except RuntimeFailure as error:
                 await self._record_failed_start(container, str(error))
                 raise
             container.state = ContainerState.RUNNING
             container.started_at = started_at
-            await self.save(container)
+            with step("container: start commit"):
+                await self.save(container)
         self.publish(container, EventKind.STARTED)
         return container
 

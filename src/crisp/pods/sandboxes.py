@@ -39,7 +39,8 @@ from crisp.pods.model import (
     SecurityContext,
 )
 from crisp.pods.namespaces import create_namespaces, release_namespaces
-from crisp.pods.podfiles import release_shm, remove_pod_files, write_pod_files
+from crisp.pods.podfiles import PodFiles, release_shm, remove_pod_files, write_pod_files
+from crisp.steps import step
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ class SandboxManager:
         progress: dict[str, Any] = {"handler": sandbox.runtime_handler,
                                     "config": to_document(config),
                                     "cgroup_parent": sandbox.cgroup_parent}
-        operation = await ctx.journal.begin("sandbox.run", sandbox.id, "namespaces", progress)
+        with step("pod: journal"):
+            operation = await ctx.journal.begin("sandbox.run", sandbox.id, "namespaces",
+                                                progress)
         try:
             kinds = []
             if options.network != NamespaceMode.NODE:
@@ -98,38 +101,64 @@ class SandboxManager:
                 kinds.append("ipc")
             hostname = pod_hostname(config)
             sandbox.config = replace(config, hostname=hostname)
-            pinned = await create_namespaces(ctx.layout.namespace_dir(sandbox.id), kinds,
-                                             hostname)
+            with step("pod: namespaces"):
+                pinned = await create_namespaces(ctx.layout.namespace_dir(sandbox.id), kinds,
+                                                 hostname)
             sandbox.namespace_paths = pinned.paths
             progress["namespaces"] = pinned.paths
-            await ctx.journal.advance(operation, "files", progress)
+            with_network = "net" in kinds and ctx.network is not None
+            # Recovery and rollback undo files and network alike whatever the step says.
+            with step("pod: journal"):
+                await ctx.journal.advance(operation, "network" if with_network else "files",
+                                          progress)
             failpoint("sandbox.run.namespaces")
             pod_dir = ctx.layout.pod_dir(sandbox.id)
-            files = await write_pod_files(
-                pod_dir, hostname if "uts" in kinds else _host_hostname(), config.dns,
-                host_network="net" not in kinds, private_shm="ipc" in kinds,
-            )
+            # The pod's files and its CNI ADD need nothing of each other: run them together.
+            files_task = asyncio.ensure_future(self._timed_files(
+                pod_dir, hostname if "uts" in kinds else _host_hostname(), config,
+                host_network="net" not in kinds, private_shm="ipc" in kinds))
+            try:
+                if with_network:
+                    assert ctx.network is not None
+                    with step("pod: CNI ADD"):
+                        sandbox.ips = await ctx.network.setup(sandbox, pinned.paths["net"])
+                    sandbox.network_ready = True
+            except BaseException:
+                # The rollback must not race the files: wait for them, and raise this error.
+                await asyncio.wait([files_task])
+                if not files_task.cancelled():
+                    files_task.exception()
+                raise
+            files = await files_task
             sandbox.pod_dir = str(pod_dir)
             sandbox.shm_path = files.shm
-            if "net" in kinds and ctx.network is not None:
-                await ctx.journal.advance(operation, "network")
-                sandbox.ips = await ctx.network.setup(sandbox, pinned.paths["net"])
-                sandbox.network_ready = True
+            if with_network:
                 failpoint("sandbox.run.network")
             if options.pid == NamespaceMode.POD or ctx.live.current.pod.infra_container:
                 progress["infra_id"] = infra_id = new_id()
-                await ctx.journal.advance(operation, "infra", progress)
-                sandbox.infra = await self._start_infra(sandbox, infra_id)
+                with step("pod: journal"):
+                    await ctx.journal.advance(operation, "infra", progress)
+                with step("pod: infra container"):
+                    sandbox.infra = await self._start_infra(sandbox, infra_id)
                 failpoint("sandbox.run.infra")
             sandbox.state = SandboxState.READY
-            await ctx.store.save_sandbox(sandbox)
+            with step("pod: state commit"):
+                await ctx.store.save_sandbox(sandbox)
         except BaseException:
             await asyncio.shield(self.release(sandbox))
             await asyncio.shield(self.remove_files(sandbox.id))
             await asyncio.shield(self.release_cgroup(sandbox))
             await ctx.journal.finish(operation)
             raise
-        await ctx.journal.finish(operation)
+        with step("pod: journal"):
+            await ctx.journal.finish(operation)
+
+    @staticmethod
+    async def _timed_files(pod_dir: Path, hostname: str, config: SandboxConfig,
+                           host_network: bool, private_shm: bool) -> PodFiles:
+        with step("pod: files"):
+            return await write_pod_files(pod_dir, hostname, config.dns,
+                                         host_network=host_network, private_shm=private_shm)
 
     async def _start_infra(self, sandbox: Sandbox, infra_id: str) -> Container:
         ctx = self.ctx

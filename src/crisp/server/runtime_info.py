@@ -6,11 +6,12 @@ import asyncio
 import dataclasses
 import json
 import logging
+import tracemalloc
 from typing import Any
 
 import grpc
 
-from crisp import __version__
+from crisp import __version__, steps
 from crisp.api import cri_pb2
 from crisp.oci.handlers import handler_features
 from crisp.server.services import Services
@@ -71,6 +72,10 @@ class RuntimeInfoCalls:
         )
         if request.verbose:
             response.info["config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)
+            # Time per step of pod and container starts since boot (bench/lifecycle.py).
+            response.info["steps"] = json.dumps(steps.totals(), sort_keys=True)
+            if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1: where the heap went
+                response.info["tracemalloc"] = json.dumps(_heap_by_file())
         return response
 
     async def RuntimeConfig(
@@ -90,3 +95,10 @@ class RuntimeInfoCalls:
         if cidr:
             await self.services.network.update_pod_cidr(cidr)
         return cri_pb2.UpdateRuntimeConfigResponse()
+
+
+def _heap_by_file(top: int = 15) -> list[list[object]]:
+    """The Python heap's largest holders, by source file: [[file, KiB, blocks], ...]."""
+    stats = tracemalloc.take_snapshot().statistics("filename")
+    return [[str(stat.traceback[0].filename), stat.size // 1024, stat.count]
+            for stat in stats[:top]]

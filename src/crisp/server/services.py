@@ -18,10 +18,10 @@ from crisp.network import NetworkManager
 from crisp.pods import ImagesForPods, NetworkForPods, PodService, SnapshotsForPods
 from crisp.pods.service import detect_cgroups
 from crisp.state import DATABASE_FILES, DATABASE_NAME, Database, Settings
+from crisp.streaming.front import LazyStreamingServer
+from crisp.streaming.front import Settings as StreamingSettings
 from crisp.streaming.relay import Attachable
 from crisp.streaming.requests import AttachRequest, ExecRequest
-from crisp.streaming.server import Settings as StreamingSettings
-from crisp.streaming.server import StreamingServer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Services:
     network: NetworkManager
     images: ImageService
     pods: PodService
-    streaming: StreamingServer
+    streaming: LazyStreamingServer
 
     @classmethod
     async def open(cls, live: LiveConfig) -> Services:
@@ -61,13 +61,12 @@ class Services:
         # Networks set up for pods whose record was never saved (a crash in RunPodSandbox).
         await network.release_strays({sandbox.id for sandbox in pods.list_sandboxes()})
         streaming_config = config.streaming
-        streaming = StreamingServer(StreamingSettings(
+        streaming = LazyStreamingServer(StreamingSettings(
             address=streaming_config.address, port=streaming_config.port,
             token_ttl=streaming_config.token_ttl,
             tls_cert_file=streaming_config.tls_cert_file,
             tls_key_file=streaming_config.tls_key_file,
         ), PodsForStreaming(pods))
-        await streaming.start()
         return cls(live=live, db=db, settings=settings, network=network, images=images,
                    pods=pods, streaming=streaming)
 

@@ -31,7 +31,7 @@ class StreamingCalls:
     async def Exec(self, request: cri_pb2.ExecRequest, context: Context
                    ) -> cri_pb2.ExecResponse:
         container = self._pods.running_container(request.container_id)
-        url = self.services.streaming.exec_url(ExecRequest(
+        url = await self.services.streaming.exec_url(ExecRequest(
             container_id=container.id, cmd=tuple(request.cmd), tty=request.tty,
             stdin=request.stdin, stdout=request.stdout, stderr=request.stderr))
         return cri_pb2.ExecResponse(url=url)
@@ -39,7 +39,7 @@ class StreamingCalls:
     async def Attach(self, request: cri_pb2.AttachRequest, context: Context
                      ) -> cri_pb2.AttachResponse:
         container = self._pods.running_container(request.container_id)
-        url = self.services.streaming.attach_url(AttachRequest(
+        url = await self.services.streaming.attach_url(AttachRequest(
             container_id=container.id, tty=request.tty, stdin=request.stdin,
             stdout=request.stdout, stderr=request.stderr))
         return cri_pb2.AttachResponse(url=url)
@@ -51,6 +51,6 @@ class StreamingCalls:
             raise FailedPrecondition(
                 f"pod sandbox {sandbox.id} is not ready: ports are forwarded only into a "
                 "running pod")
-        url = self.services.streaming.port_forward_url(PortForwardRequest(
+        url = await self.services.streaming.port_forward_url(PortForwardRequest(
             sandbox_id=sandbox.id, ports=tuple(request.port)))
         return cri_pb2.PortForwardResponse(url=url)

@@ -24,7 +24,6 @@ from crisp.durable import fsync_dir, syncfs
 from crisp.failpoints import failpoint
 from crisp.filemodes import public_dir
 from crisp.state import Database, Records
-from crisp.storage.unpack import unpack_layer
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +140,8 @@ class LayerStore:
         try:
             diff = staging / "diff"
             public_dir(diff)  # a layer without a "./" entry shows it as a directory's mode
+            from crisp.storage.unpack import unpack_layer  # tarfile only where layers unpack
+
             result = unpack_layer(blob, diff, diff_id)
             (staging / "link").write_text(short_name(chain_id))
             # the files must be on disk before the record says the layer is ready: a power

@@ -20,13 +20,12 @@ import io
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, cast
-
-import zstandard
 
 from crisp.errors import InvalidArgument
 from crisp.filemodes import PUBLIC_DIR
@@ -79,11 +78,18 @@ def open_decompressed(blob: BinaryIO) -> IO[bytes]:
     if head.startswith(_GZIP_MAGIC):
         return cast(IO[bytes], gzip.GzipFile(fileobj=blob, mode="rb"))
     if head == _ZSTD_MAGIC:
+        import zstandard  # only zstd layers need it
+
         reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
             blob, read_across_frames=True, read_size=_CHUNK
         )
         return reader
     return blob
+
+
+def _is_zstd_error(error: Exception) -> bool:
+    zstandard = sys.modules.get("zstandard")  # loaded only if a zstd layer was opened
+    return zstandard is not None and isinstance(error, zstandard.ZstdError)
 
 
 def unpack_layer(
@@ -108,7 +114,11 @@ def unpack_layer(
                 pass
         except UnsafeLayer:
             raise
-        except (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as e:
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise UnsafeLayer(f"layer archive is truncated or corrupt: {e}") from e
+        except Exception as e:
+            if not _is_zstd_error(e):
+                raise
             raise UnsafeLayer(f"layer archive is truncated or corrupt: {e}") from e
         unpacker.finish()
     diff_id = "sha256:" + hashing.hash.hexdigest()

@@ -15,13 +15,13 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import WSMsgType, hdrs, web
 
 from crisp.errors import CrispError, InvalidArgument, Unavailable
 from crisp.streaming import portforward, spdy, spdy_remote, ws_portforward, ws_remote
+from crisp.streaming.front import Settings
 from crisp.streaming.relay import Attachable, relay
 from crisp.streaming.requests import (
     AttachRequest,
@@ -48,16 +48,6 @@ class Backend(Protocol):
 
     async def port_connect(self, sandbox_id: str, port: int
                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
-
-
-@dataclass(frozen=True)
-class Settings:
-    address: str = "127.0.0.1"
-    port: int = 0
-    token_ttl: float = 60.0
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    stream_creation_timeout: float = spdy_remote.STREAM_CREATION_TIMEOUT
 
 
 class StreamingServer:

@@ -12,13 +12,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from crisp.streaming import spdy
+from crisp.streaming.front import STREAM_CREATION_TIMEOUT
 from crisp.streaming.session import V1, V2, ClientSession, terminal_sizes
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 STREAM_TYPE = "streamtype"
-STREAM_CREATION_TIMEOUT = 30.0
 
 
 class HandshakeError(Exception):

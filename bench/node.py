@@ -1,0 +1,229 @@
+"""A node at steady state: the kubelet's polling of the runtime, crisp against containerd.
+
+Both runtimes run ``--pods`` pods (default 110, the kubelet's limit) with two sleeping
+containers each, then answer the kubelet's steady-state call pattern for ``--duration``
+seconds. The pattern was measured under a real kubelet with 30 pods, per minute: about 100
+ListPodSandbox, 100 ListContainers, 180 ContainerStatus, 12 Status, 6 ImageFsInfo and 6
+ListContainerStats, plus ListPodSandboxStats every 10 s (PodAndContainerStatsFromCRI).
+ContainerStatus scales with the number of containers; the relists do not.
+
+Printed per runtime: the daemon's CPU (share of one core) and that of its per-pod processes,
+the daemon's RSS, and p50/p99 latency per RPC, with crisp/containerd ratios. Run as root from
+the repository root::
+
+    python bench/node.py [--pods 110] [--duration 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lifecycle import (
+    PodDriver,
+    Runtime,
+    bench_image,
+    containerd_runtime,
+    crisp_runtime,
+    percentile,
+    push_image,
+    rss_bytes,
+    running_registry,
+    smaps_rollup,
+)
+
+from crisp.api import cri_pb2
+from tests.support.image_builder import ImageConfig
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Calls per minute at 30 pods with one container each (measured under kubelet v1.36.2).
+PER_MINUTE = {"ListPodSandbox": 100, "ListContainers": 100, "Status": 12, "ImageFsInfo": 6,
+              "ListContainerStats": 6, "ListPodSandboxStats": 6}
+CONTAINER_STATUS_PER_CONTAINER_MINUTE = 180 / 30
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def start_pods(driver: PodDriver, pods: int) -> list[tuple[str, list[str]]]:
+    """``pods`` pods with two containers each; [(pod id, [container ids])]."""
+    running = []
+    for index in range(pods):
+        pod_id, first, _ = driver.start(f"node-{index}")
+        second = driver.add_container(pod_id, f"node-{index}", "second")
+        running.append((pod_id, [first, second]))
+    return running
+
+
+def schedule(containers: list[str]) -> list[tuple[float, str]]:
+    """One minute of calls: (offset in seconds, RPC name), evenly spread per kind."""
+    calls: list[tuple[float, str]] = []
+    counts = dict(PER_MINUTE)
+    counts["ContainerStatus"] = round(CONTAINER_STATUS_PER_CONTAINER_MINUTE * len(containers))
+    for name, count in counts.items():
+        calls += [(60.0 * (i + 0.5) / count, name) for i in range(count)]
+    return sorted(calls)
+
+
+def steady_state(runtime: Runtime, driver: PodDriver, containers: list[str],
+                 duration: float) -> tuple[dict[str, list[float]], float, float, int]:
+    """Run the pattern; (latencies per RPC, daemon CPU share, per-pod CPU share, max RSS)."""
+    stub = driver.stub
+    rotation = iter(range(10**9))
+    requests: dict[str, Callable[[], Any]] = {
+        "ListPodSandbox": lambda: stub.ListPodSandbox(cri_pb2.ListPodSandboxRequest()),
+        "ListContainers": lambda: stub.ListContainers(cri_pb2.ListContainersRequest()),
+        "Status": lambda: stub.Status(cri_pb2.StatusRequest()),
+        "ImageFsInfo": lambda: driver.images.ImageFsInfo(cri_pb2.ImageFsInfoRequest()),
+        "ListContainerStats": lambda: stub.ListContainerStats(
+            cri_pb2.ListContainerStatsRequest()),
+        "ListPodSandboxStats": lambda: stub.ListPodSandboxStats(
+            cri_pb2.ListPodSandboxStatsRequest()),
+        "ContainerStatus": lambda: stub.ContainerStatus(cri_pb2.ContainerStatusRequest(
+            container_id=containers[next(rotation) % len(containers)])),
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in requests}
+    failures: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def call(name: str) -> None:
+        began = time.perf_counter()
+        try:
+            requests[name]()
+        except grpc.RpcError as error:
+            with lock:
+                failures[name] = f"{error.code().name}: {error.details()}"[:200]
+            return
+        took = time.perf_counter() - began
+        with lock:
+            latencies[name].append(took)
+
+    daemon = runtime.daemon_pid()
+    per_pod = runtime.per_pod_pids([])
+    daemon_cpu = cpu_seconds(daemon)
+    per_pod_cpu = sum(cpu_seconds(pid) for pid in per_pod)
+    peak = rss_bytes(daemon)
+    minute = schedule(containers)
+    began = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:  # the kubelet's goroutines call concurrently too
+        start = began
+        while start - began < duration:
+            for offset, name in minute:
+                at = start + offset
+                if at - began >= duration:
+                    break
+                delay = at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                pool.submit(call, name)
+                peak = max(peak, rss_bytes(daemon)) if name == "Status" else peak
+            start += 60.0
+    elapsed = time.monotonic() - began
+    for name, message in failures.items():
+        print(f"{runtime.name}: {name} failed: {message}", flush=True)
+    return (latencies, (cpu_seconds(daemon) - daemon_cpu) / elapsed,
+            (sum(cpu_seconds(pid) for pid in per_pod) - per_pod_cpu) / elapsed, peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=110)
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of polling")
+    parser.add_argument("--only", choices=("crisp", "containerd"), help="measure one runtime")
+    options = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the runtimes mount overlays and create namespaces")
+    base = Path(tempfile.mkdtemp(prefix="crisp-node-"))
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with running_registry() as registry:
+            push_image(registry.url, "bench/busybox", "latest", bench_image())
+            push_image(registry.url, "bench/pause", "latest",
+                       bench_image(ImageConfig(entrypoint=["/bin/sleep", "2147483647"],
+                                               cmd=None)))
+            busybox = f"{registry.host}/bench/busybox:latest"
+            pause = f"{registry.host}/bench/pause:latest"
+            for name, factory in (("crisp", crisp_runtime), ("containerd", containerd_runtime)):
+                if options.only and options.only != name:
+                    continue
+                print(f"{name}: starting {options.pods} pods...", flush=True)
+                with factory(base / name, registry.host) as runtime:
+                    driver = PodDriver(runtime, busybox, base / name / "logs")
+                    driver.pull(busybox, pause)
+                    running = start_pods(driver, options.pods)
+                    containers = [c for _, ids in running for c in ids]
+                    print(f"{name}: polling for {options.duration:.0f} s...", flush=True)
+                    latencies, cpu, pod_cpu, peak = steady_state(
+                        runtime, driver, containers, options.duration)
+                    results[name] = {
+                        "latencies": latencies, "cpu": cpu, "pod_cpu": pod_cpu,
+                        "rss": rss_bytes(runtime.daemon_pid()), "peak": peak,
+                        "smaps": smaps_rollup(runtime.daemon_pid()),
+                    }
+                    for pod_id, ids in running:
+                        driver.stop_pod(pod_id, ids)
+        report(results, options.pods)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def report(results: dict[str, dict[str, Any]], pods: int) -> None:
+    names = list(results)
+    print(f"\n{pods} pods, 2 containers each{'':<14}" + "".join(f"{n:>12}" for n in names)
+          + ("       ratio" if len(names) == 2 else ""))
+
+    def row(label: str, values: list[float], unit: str) -> None:
+        ratio = f"{values[0] / values[1]:>12.2f}" if len(values) == 2 and values[1] else ""
+        print(f"{label:<40}" + "".join(f"{v:>12.2f}" for v in values) + f" {unit:<4}{ratio}")
+
+    mib = 2**20
+    row("daemon CPU (% of one core)", [results[n]["cpu"] * 100 for n in names], "%")
+    row("per-pod processes CPU (% of one core)", [results[n]["pod_cpu"] * 100 for n in names],
+        "%")
+    row("daemon RSS at the end", [results[n]["rss"] / mib for n in names], "MiB")
+    row("daemon RSS peak", [results[n]["peak"] / mib for n in names], "MiB")
+    row("daemon anonymous memory", [results[n]["smaps"].get("Anonymous", 0) / mib
+                                    for n in names], "MiB")
+    for rpc in results[names[0]]["latencies"]:
+        samples = [results[n]["latencies"][rpc] for n in names]
+        if not all(samples):  # failed on one runtime (containerd 1.6 lacks some RPCs)
+            answered = [n for n, s in zip(names, samples, strict=True) if s]
+            for name in answered:
+                found = results[name]["latencies"][rpc]
+                print(f"{rpc} on {name} only: p50 {statistics.median(found) * 1000:.2f} ms, "
+                      f"p99 {percentile(found, 0.99) * 1000:.2f} ms ({len(found)} calls)")
+            continue
+        row(f"{rpc} p50 ({len(samples[0])} calls)",
+            [statistics.median(s) * 1000 for s in samples], "ms")
+        row(f"{rpc} p99", [percentile(s, 0.99) * 1000 for s in samples], "ms")
+    if "crisp" in results:
+        p99 = percentile(results["crisp"]["latencies"]["ListContainers"], 0.99) * 1000
+        print(f"\ntarget: crisp ListContainers p99 under 5 ms: {'met' if p99 < 5 else 'NOT met'}"
+              f" ({p99:.2f} ms)")
+    if len(names) == 2:
+        ok = results["crisp"]["cpu"] <= results["containerd"]["cpu"]
+        print(f"target: crisp daemon CPU at or below containerd's: {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
