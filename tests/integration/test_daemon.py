@@ -251,3 +251,16 @@ def test_idle_daemon_loads_neither_http_stack_nor_version_metadata(
     daemon.images.PullImage(cri_pb2.PullImageRequest(
         image=cri_pb2.ImageSpec(image=registry_busybox.reference)))
     assert "aiohttp" in _loaded_libraries(daemon.process.pid)
+
+
+def test_fixed_streaming_port_in_use_stops_startup(make_daemon: DaemonFactory) -> None:
+    """A configured port is part of the node's setup: its conflict shows at start, not at exec."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = make_daemon(f"[streaming]\nport = {port}\n", start=False)
+        daemon.start(wait=False)
+        assert daemon.process is not None
+        assert daemon.process.wait(30) == 1
+    assert f"cannot start the streaming server on 127.0.0.1:{port}" in daemon.log()

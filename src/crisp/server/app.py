@@ -23,6 +23,7 @@ import grpc
 from crisp import __version__, logsetup, sdnotify
 from crisp.api import cri_pb2_grpc, crisp_images_pb2_grpc
 from crisp.config import ConfigError, LiveConfig
+from crisp.errors import CrispError
 from crisp.filemodes import DAEMON_UMASK, private_dir
 from crisp.server.errors import ErrorInterceptor
 from crisp.server.images import CrispImagesServicer, ImageServicer
@@ -64,6 +65,10 @@ def run(live: LiveConfig, on_locked: Callable[[], None] | None = None) -> None:
 async def _serve(live: LiveConfig, socket_path: Path) -> None:
     services = await Services.open(live)
     try:
+        try:
+            await services.streaming.start_if_configured()
+        except CrispError as error:
+            raise StartupError(str(error)) from error
         await _serve_until_stopped(live, services, socket_path)
     finally:
         await services.close()

@@ -67,6 +67,15 @@ class LazyStreamingServer:
                 self._server = server
         return self._server
 
+    async def start_if_configured(self) -> None:
+        """Start now when the operator fixed a port or TLS files.
+
+        Such a server is part of the node's setup (a firewall rule, a certificate): its errors
+        belong at start-up, and its port is held from boot rather than at the first exec.
+        """
+        if self.settings.port or self.settings.tls_cert_file:
+            await self.server()
+
     async def exec_url(self, request: ExecRequest) -> str:
         return (await self.server()).exec_url(request)
 
