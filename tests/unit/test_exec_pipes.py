@@ -79,3 +79,29 @@ def test_exec_output_pipe_takes_a_mebibyte_without_a_reader(tmp_path: Path) -> N
 async def _drain(process: execstream.ExecProcess, fd: int):  # type: ignore[no-untyped-def]
     while chunk := await process.read_output(fd):
         yield chunk
+
+
+def test_exec_without_a_tty_stays_in_the_daemons_session(tmp_path: Path) -> None:
+    runc = tmp_path / "runc"
+    runc.write_text("#!/bin/sh\nexec cat\n")
+    runc.chmod(0o755)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"process": {"args": ["sh"]}}))
+    runtime = SimpleNamespace(path=str(runc), root=str(tmp_path / "root"))
+    container = SimpleNamespace(id="c1", state=ContainerState.RUNNING, bundle=str(bundle))
+
+    async def run() -> tuple[int, int]:
+        process = await execstream.ExecProcess.start(
+            runtime, container, ["cat"],  # type: ignore[arg-type]
+            tty=False, stdin=True, stdout=True, stderr=False)
+        try:
+            session = os.getsid(process.runner.pid)
+            await process.close_stdin()
+            return session, await asyncio.wait_for(process.runner.wait(), 10)
+        finally:
+            await process.close()
+
+    session, code = asyncio.run(run())
+    assert code == 0
+    assert session == os.getsid(0)

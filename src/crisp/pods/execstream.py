@@ -113,7 +113,9 @@ class ExecProcess:
                         stdin=pipe if stdin else devnull,
                         stdout=ends[1][1] if 1 in ends else devnull,
                         stderr=ends[2][1] if 2 in ends else devnull,
-                        start_new_session=True,
+                        # In the daemon's session: a session of its own is a new scheduler
+                        # autogroup, and that doubled runc exec's time on a busy machine
+                        # (docs/streaming.md, benchmark).
                     )
                 except BaseException:
                     for read_end, _ in ends.values():
