@@ -19,142 +19,35 @@ repository root::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-
-from crisp.api import cri_pb2, cri_pb2_grpc
-from tests.support.daemon import CrispDaemon
-from tests.support.image_builder import (
-    BUSYBOX,
-    GROUP,
-    PASSWD,
-    ImageConfig,
-    LayerBuilder,
-    build_image,
-    busybox_applets,
-    make_layer,
-    push_image,
+from common import (
+    PodDriver,
+    Runtime,
+    bench_image,
+    containerd_runtime,
+    crisp_runtime,
+    percentile,
+    rss_bytes,
+    smaps_rollup,
 )
-from tests.support.pods import clean_leftovers
+
+from tests.support.image_builder import ImageConfig, push_image
 from tests.support.registry import running_registry
 
-CNI_BIN = "/usr/lib/cni"
-
-
-@dataclass
-class Runtime:
-    """One CRI runtime under test: its stub and how to find its processes."""
-
-    name: str
-    socket: Path
-    daemon_pid: Callable[[], int]
-    per_pod_pids: Callable[[list[str]], list[int]]
-
-    def stub(self) -> Any:
-        channel = grpc.insecure_channel(f"unix://{self.socket}")
-        return cri_pb2_grpc.RuntimeServiceStub(channel), cri_pb2_grpc.ImageServiceStub(channel)
-
-
-# Pods --------------------------------------------------------------------------------------
-
-class PodDriver:
-    def __init__(self, runtime: Runtime, busybox: str, logs: Path):
-        self.runtime = runtime
-        self.stub, self.images = runtime.stub()
-        self.busybox = busybox
-        self.logs = logs
-
-    def pull(self, *images: str) -> None:
-        for image in images:
-            self.images.PullImage(cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=image)))
-
-    def pod_config(self, name: str) -> Any:
-        return cri_pb2.PodSandboxConfig(
-            metadata=cri_pb2.PodSandboxMetadata(name=name, uid=f"uid-{name}",
-                                                namespace="bench"),
-            hostname=name, log_directory=str(self.logs / name),
-            linux=cri_pb2.LinuxPodSandboxConfig(security_context=cri_pb2.LinuxSandboxSecurityContext(
-                namespace_options=cri_pb2.NamespaceOption(pid=cri_pb2.CONTAINER))),
-        )
-
-    def container_config(self, name: str) -> Any:
-        return cri_pb2.ContainerConfig(
-            metadata=cri_pb2.ContainerMetadata(name=name),
-            image=cri_pb2.ImageSpec(image=self.busybox), command=["sleep", "3600"],
-            log_path=f"{name}.log",
-            linux=cri_pb2.LinuxContainerConfig(security_context=cri_pb2.LinuxContainerSecurityContext(
-                namespace_options=cri_pb2.NamespaceOption(pid=cri_pb2.CONTAINER))),
-        )
-
-    def start(self, name: str) -> tuple[str, str, float]:
-        """Run a pod with one sleeping container; return its ids and the seconds it took."""
-        config = self.pod_config(name)
-        container = self.container_config("sleep")
-        began = time.perf_counter()
-        pod_id = self.stub.RunPodSandbox(cri_pb2.RunPodSandboxRequest(config=config)).pod_sandbox_id
-        container_id = self.stub.CreateContainer(cri_pb2.CreateContainerRequest(
-            pod_sandbox_id=pod_id, config=container, sandbox_config=config)).container_id
-        self.stub.StartContainer(cri_pb2.StartContainerRequest(container_id=container_id))
-        return pod_id, container_id, time.perf_counter() - began
-
-    def add_container(self, pod_id: str, pod_name: str, name: str) -> str:
-        """Create and start one more sleeping container in the pod; its id."""
-        container_id = self.stub.CreateContainer(cri_pb2.CreateContainerRequest(
-            pod_sandbox_id=pod_id, config=self.container_config(name),
-            sandbox_config=self.pod_config(pod_name))).container_id
-        self.stub.StartContainer(cri_pb2.StartContainerRequest(container_id=container_id))
-        return str(container_id)
-
-    def stop_pod(self, pod_id: str, container_ids: list[str]) -> None:
-        for container_id in container_ids:
-            self.stub.StopContainer(cri_pb2.StopContainerRequest(container_id=container_id,
-                                                                 timeout=0))
-        self.stub.StopPodSandbox(cri_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
-        self.stub.RemovePodSandbox(cri_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-
-    def stop(self, pod_id: str, container_id: str) -> float:
-        began = time.perf_counter()
-        self.stub.StopContainer(cri_pb2.StopContainerRequest(container_id=container_id, timeout=0))
-        self.stub.RemoveContainer(cri_pb2.RemoveContainerRequest(container_id=container_id))
-        self.stub.StopPodSandbox(cri_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
-        self.stub.RemovePodSandbox(cri_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-        return time.perf_counter() - began
-
-    def status_info(self) -> dict[str, str]:
-        return dict(self.stub.Status(cri_pb2.StatusRequest(verbose=True)).info)
-
-    def sandbox_pid(self, pod_id: str) -> int:
-        response = self.stub.PodSandboxStatus(cri_pb2.PodSandboxStatusRequest(
-            pod_sandbox_id=pod_id, verbose=True))
-        info = json.loads(response.info.get("info", "{}") or "{}")
-        return int(info.get("pid") or 0)
-
-
 # Measurements ------------------------------------------------------------------------------
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
 
 def sequence(driver: PodDriver, count: int, prefix: str) -> tuple[list[float], list[float]]:
     starts, stops = [], []
@@ -176,30 +69,6 @@ def concurrent(driver: PodDriver, clients: int, per_client: int,
     return [s for r in results for s in r[0]], [s for r in results for s in r[1]]
 
 
-def rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """The daemon's memory by kind (kernel's /proc/PID/smaps_rollup), in bytes."""
-    found: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss", "Anonymous", "Shared_Clean", "Private_Clean",
-                       "Private_Dirty"):
-                found[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return found
-
-
 def memory_with(driver: PodDriver, pods: int, prefix: str,
                 breakdown: dict[str, dict[str, int]]) -> tuple[int, int, int]:
     """(daemon RSS, per-pod processes' RSS, number of per-pod processes) with ``pods`` running."""
@@ -214,154 +83,6 @@ def memory_with(driver: PodDriver, pods: int, prefix: str,
     finally:
         for pod_id, container_id in running:
             driver.stop(pod_id, container_id)
-
-
-def pids_whose_cmdline(first_contains: str, contains: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and first_contains.encode() in args[0] and contains.encode() in b" ".join(args):
-            found.append(int(name))
-    return found
-
-
-# The two runtimes ----------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
-    (base / "net.d").mkdir(parents=True)
-    bridge_existed = subprocess.run(["ip", "link", "show", "crisp0"],
-                                    capture_output=True).returncode == 0
-    daemon = CrispDaemon(base)
-    # The test helper logs at debug level; a benchmark runs crisp as production would.
-    daemon.config_path.write_text(
-        f'root_dir = "{daemon.root}"\nrun_dir = "{daemon.run_dir}"\n'
-        f'socket = "{daemon.socket}"\nlog_level = "warning"\n'
-        f'[pod]\npause_image = "{registry_host}/bench/pause:latest"\n'
-        f'[cni]\nconf_dir = "{base / "net.d"}"\nwrite_default_config = true\n'
-        f'bin_dirs = ["{CNI_BIN}"]\n'
-    )
-    daemon.start()
-    os.environ.pop("PYTHONTRACEMALLOC", None)
-    try:
-        assert daemon.process is not None
-        process = daemon.process
-        yield Runtime(
-            name="crisp", socket=daemon.socket, daemon_pid=lambda: process.pid,
-            per_pod_pids=lambda pods: pids_whose_cmdline("conmon", str(base)),
-        )
-    finally:
-        daemon.stop()
-        clean_leftovers(base)
-        if not bridge_existed:
-            subprocess.run(["ip", "link", "del", "crisp0"], capture_output=True)
-
-
-CONTAINERD_CONFIG = """version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{socket}"
-[ttrpc]
-  address = "{socket}.ttrpc"
-[debug]
-  level = "warn"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  # This host gives no CAP_SYS_RESOURCE: like crisp, never ask for a lower oom_score_adj.
-  restrict_oom_score_adj = true
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
-    conf_dir = "{cni_conf}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
-    endpoint = ["http://{registry}"]
-"""
-
-CONTAINERD_CNI = {
-    "cniVersion": "0.4.0", "name": "bench-containerd",
-    "plugins": [
-        {"type": "bridge", "bridge": "ctrdbench0", "isGateway": True, "ipMasq": True,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.86.0.0/16"}]],
-                  "routes": [{"dst": "0.0.0.0/0"}]}},
-        {"type": "portmap", "capabilities": {"portMappings": True}},
-        {"type": "loopback"},
-    ],
-}
-
-
-@contextlib.contextmanager
-def containerd_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
-    conf = base / "net.d"
-    conf.mkdir(parents=True)
-    (conf / "10-bench.conflist").write_text(json.dumps(CONTAINERD_CNI))
-    socket = base / "containerd.sock"
-    config = base / "config.toml"
-    config.write_text(CONTAINERD_CONFIG.format(
-        root=base / "root", state=base / "state", socket=socket,
-        pause=f"{registry_host}/bench/pause:latest", cni_bin=CNI_BIN, cni_conf=conf,
-        registry=registry_host))
-    with open(base / "containerd.log", "wb") as log:
-        process = subprocess.Popen(["containerd", "--config", str(config)], stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((base / "containerd.log").read_text()[-3000:])
-            time.sleep(0.1)
-        time.sleep(1.0)  # the CRI plugin finishes loading after the socket appears
-        yield Runtime(
-            name="containerd", socket=socket, daemon_pid=lambda: process.pid,
-            per_pod_pids=lambda pods: pids_whose_cmdline("containerd-shim", str(socket)),
-        )
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for pid in pids_whose_cmdline("containerd-shim", str(socket)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if line.split()[4].startswith(str(base))]
-        for point in sorted(mounts, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-        subprocess.run(["ip", "link", "del", "ctrdbench0"], capture_output=True)
-
-
-def bench_image(config: ImageConfig | None = None) -> Any:
-    """busybox with its applets as hard links that carry the binary's own mode.
-
-    containerd applies a hard link entry's mode to the linked file (crisp keeps the file's),
-    so links marked 0644 would make busybox unexecutable under containerd.
-    """
-    layer = LayerBuilder()
-    for directory in ("bin", "dev", "etc", "proc", "sys", "tmp", "root"):
-        layer.dir(directory, mode=0o1777 if directory == "tmp" else 0o755)
-    with open(BUSYBOX, "rb") as binary:
-        layer.file("bin/busybox", binary.read(), mode=0o755)
-    for applet in busybox_applets():
-        info = tarfile.TarInfo(f"bin/{applet}")
-        info.type = tarfile.LNKTYPE
-        info.linkname = "bin/busybox"
-        info.mode = 0o755
-        layer.raw(info)
-    layer.file("etc/passwd", PASSWD)
-    layer.file("etc/group", GROUP)
-    return build_image([make_layer(layer)], config)
 
 
 # Main ----------------------------------------------------------------------------------------

@@ -33,21 +33,20 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lifecycle import (
+from common import (
     PodDriver,
     Runtime,
     bench_image,
     containerd_runtime,
     crisp_runtime,
     percentile,
-    push_image,
     rss_bytes,
-    running_registry,
     smaps_rollup,
 )
 
 from crisp.api import cri_pb2
-from tests.support.image_builder import ImageConfig
+from tests.support.image_builder import ImageConfig, push_image
+from tests.support.registry import running_registry
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -257,3 +257,29 @@ async def test_a_client_session_opens_odd_streams() -> None:
     await client.close()
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert server.closed
+
+
+async def test_one_write_is_one_drain_however_many_frames(pair: tuple[spdy.Session, Peer]
+                                                           ) -> None:
+    session, peer = pair
+    await peer.syn(1, {"streamtype": ["stdout"]})
+    stream = await session.accept()
+    assert stream is not None
+    drains = 0
+    drain = session.writer.drain
+
+    async def counted() -> None:
+        nonlocal drains
+        drains += 1
+        await drain()
+
+    session.writer.drain = counted  # type: ignore[method-assign]
+    big = b"x" * (8 * spdy.DATA_CHUNK + 1)
+    await stream.write(big)
+    assert drains == 1
+    received = b""
+    while len(received) < len(big):
+        frame = await peer.frame()
+        assert frame is not None and frame.type is None and len(frame.payload) <= spdy.DATA_CHUNK
+        received += frame.payload
+    assert received == big

@@ -25,16 +25,19 @@ import termios
 from pathlib import Path
 from typing import Any
 
-from crisp.durable import write_atomic
 from crisp.errors import FailedPrecondition, InvalidArgument, RuntimeFailure
 from crisp.oci.runtime import OCIRuntime
-from crisp.pods.execsync import kill_exec
+from crisp.pods.execsync import kill_exec, write_process_file
 from crisp.pods.model import Container, ContainerState
 
 log = logging.getLogger(__name__)
 
 CONSOLE_TIMEOUT = 30.0
-_READ_SIZE = 65536
+# The command's output pipes hold 1 MiB rather than Linux's 64 KiB: each read then moves up
+# to asyncio's 256 KiB, a quarter of the reads and WebSocket messages, which is where the
+# relay's time went (bench/streaming.py: exec stdout 2-3x faster).
+PIPE_SIZE = 1 << 20
+_READ_SIZE = 1 << 20
 
 
 def interactive_process(container_spec: dict[str, Any], argv: list[str], tty: bool
@@ -61,6 +64,8 @@ class ExecProcess:
         self._master_reader: asyncio.StreamReader | None = None
         self._master_transport: asyncio.BaseTransport | None = None
         self._settle: asyncio.Future[None] | None = None
+        self._outputs: dict[int, asyncio.StreamReader] = {}
+        self._output_transports: list[asyncio.BaseTransport] = []
 
     # Start ---------------------------------------------------------------------------------
 
@@ -80,13 +85,14 @@ class ExecProcess:
         pid_file = bundle / f"exec-{token}.pid"
         log_file = bundle / f"exec-{token}.log"
         spec = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
-        await asyncio.to_thread(write_atomic, process_file,
-                                json.dumps(interactive_process(spec, argv, tty)).encode(), 0o600)
+        await asyncio.to_thread(write_process_file, process_file,
+                                interactive_process(spec, argv, tty))
         files = [process_file, pid_file, log_file]
         args = [runtime.path, "--root", str(runtime.root), "--log", str(log_file),
                 "--log-format", "json", "exec", "--process", str(process_file),
                 "--pid-file", str(pid_file)]
         master = slave = -1
+        ends: dict[int, tuple[int, int]] = {}
         try:
             pipe = asyncio.subprocess.PIPE
             devnull = asyncio.subprocess.DEVNULL
@@ -98,14 +104,29 @@ class ExecProcess:
                     *args, container.id, stdin=slave, stdout=slave, stderr=slave,
                     start_new_session=True)
             else:
-                runner = await asyncio.create_subprocess_exec(
-                    *args, container.id,
-                    stdin=pipe if stdin else devnull,
-                    stdout=pipe if stdout else devnull,
-                    stderr=pipe if stderr else devnull,
-                    start_new_session=True,
-                )
+                ends = {fd: os.pipe() for fd, wanted in ((1, stdout), (2, stderr)) if wanted}
+                try:
+                    for read_end, _ in ends.values():
+                        widen_pipe(read_end)
+                    runner = await asyncio.create_subprocess_exec(
+                        *args, container.id,
+                        stdin=pipe if stdin else devnull,
+                        stdout=ends[1][1] if 1 in ends else devnull,
+                        stderr=ends[2][1] if 2 in ends else devnull,
+                        # In the daemon's session: a session of its own is a new scheduler
+                        # autogroup, and that doubled runc exec's time on a busy machine
+                        # (docs/streaming.md, benchmark).
+                    )
+                except BaseException:
+                    for read_end, _ in ends.values():
+                        os.close(read_end)
+                    raise
+                finally:
+                    for _, write_end in ends.values():
+                        os.close(write_end)
             process = cls(container.id, runner, files, pid_file, log_file)
+            if not tty:
+                await process._use_outputs({fd: pair[0] for fd, pair in ends.items()})
             if tty:
                 await process._use_terminal(master)
                 master = -1
@@ -131,6 +152,16 @@ class ExecProcess:
         self._master_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), reading)
         self._settle = asyncio.ensure_future(self._resize_once_started())
+
+    async def _use_outputs(self, read_ends: dict[int, int]) -> None:
+        loop = asyncio.get_running_loop()
+        for fd, read_end in read_ends.items():
+            reader = asyncio.StreamReader(limit=PIPE_SIZE)
+            self._outputs[fd] = reader
+            transport, _ = await loop.connect_read_pipe(
+                lambda reader=reader: asyncio.StreamReaderProtocol(reader),  # type: ignore[misc]
+                os.fdopen(read_end, "rb", buffering=0))
+            self._output_transports.append(transport)
 
     async def _resize_once_started(self) -> None:
         """runc reads the size on SIGWINCH; one sent before it listens is lost, so repeat it."""
@@ -171,7 +202,7 @@ class ExecProcess:
                 return await self._master_reader.read(_READ_SIZE)
             except OSError:  # EIO: the terminal's last user is gone
                 return b""
-        stream = self.runner.stdout if fd == 1 else self.runner.stderr
+        stream = self._outputs.get(fd)
         if stream is None:
             return b""
         return await stream.read(_READ_SIZE)
@@ -211,6 +242,9 @@ class ExecProcess:
     def _cleanup(self) -> None:
         if self._settle is not None:
             self._settle.cancel()
+        for transport in self._output_transports:
+            transport.close()
+        self._output_transports.clear()
         if self._master_transport is not None:
             self._master_transport.close()
             self._master_transport = None
@@ -220,6 +254,12 @@ class ExecProcess:
             self._master = None
         for path in self._files:
             path.unlink(missing_ok=True)
+
+
+def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
+    """Make a pipe hold ``size`` bytes; at Linux's default where the kernel refuses."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
 
 
 async def _write_fd(fd: int, data: bytes) -> None:

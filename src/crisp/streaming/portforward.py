@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "portforward.k8s.io"
 TUNNELED = "SPDY/3.1+portforward.k8s.io"  # the same, inside WebSocket binary messages
+# asyncio reads a socket 256 KiB at a time; taking all of it makes 8 SPDY frames in one write.
+READ_SIZE = 256 * 1024
 Connector = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
@@ -74,7 +76,7 @@ async def _forward(port: int, data: spdy.Stream, error: spdy.Stream, connect: Co
 
     async def outbound() -> None:
         with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(65536):
+            while chunk := await reader.read(READ_SIZE):
                 await data.write(chunk)
             await data.close()
 
