@@ -200,7 +200,14 @@ def test_metrics_endpoint_counts_calls_by_code(make_daemon: DaemonFactory) -> No
     daemon.runtime.Version(cri_pb2.VersionRequest())
     with pytest.raises(grpc.RpcError):
         daemon.runtime.CheckpointPod(cri_pb2.CheckpointPodRequest())
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    # The call is counted once its answer has gone out: a scrape right after may precede it.
+    deadline = time.monotonic() + 10
+    while True:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        body = body.decode()
+        if 'method="CheckpointPod"' in body or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert (
         'crisp_grpc_requests_total{code="OK",method="Version",service="runtime.v1.RuntimeService"}'
     ) in body

@@ -35,6 +35,8 @@ def daemonize(log_file: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(address)
             os.rmdir(directory)
+        sys.stdout.flush()  # os._exit skips it, and a pipe's stdout is block-buffered
+        sys.stderr.flush()
         os._exit(code)
     os.setsid()
     if os.fork() > 0:
