@@ -215,8 +215,8 @@ class ExecProcess:
 
     async def wait(self) -> int:
         code = await self.runner.wait()
-        started = await asyncio.to_thread(self.pid_file.exists)
-        if code != 0 and not started:
+        # Only a failure asks whether the command ever started (one thread hop less per exec).
+        if code != 0 and not await asyncio.to_thread(self.pid_file.exists):
             message = await self.runtime_error()
             raise RuntimeFailure(f"exec in container {self.container_id} failed: {message}")
         return code
