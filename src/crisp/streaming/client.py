@@ -216,19 +216,7 @@ class WebSocketCommand(RemoteCommand):
     async def open(cls, url: str, options: StreamOptions,
                    ssl_context: ssl.SSLContext | None = None) -> WebSocketCommand:
         del options  # the URL's request already says which streams there are
-        http = aiohttp.ClientSession()
-        try:
-            ws = await http.ws_connect(url, protocols=WEBSOCKET_PROTOCOLS, max_msg_size=0,
-                                       ssl=ssl_context if ssl_context is not None else True,
-                                       autoping=True)
-        except aiohttp.WSServerHandshakeError as error:
-            await http.close()
-            if error.status == 404:
-                raise TokenRejected(f"{url}: 404: {error.message}") from None
-            raise StreamClientError(f"{url}: {error.status}: {error.message}") from None
-        except BaseException:
-            await http.close()
-            raise
+        http, ws = await _ws_connect(url, WEBSOCKET_PROTOCOLS, ssl_context)
         return cls(http, ws)
 
     async def _read(self) -> None:
@@ -415,6 +403,27 @@ async def _replied(session: spdy.Session, streams: Any) -> None:
         raise StreamClientError("the server did not answer the streams in time") from None
 
 
+async def _ws_connect(url: str, protocols: tuple[str, ...],
+                      ssl_context: ssl.SSLContext | None, *, shown: str = ""
+                      ) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+    """A WebSocket to a streaming URL; a refused handshake as TokenRejected (404) or
+    StreamClientError, naming ``shown`` (the URL without its query) or ``url``."""
+    shown = shown or url
+    http = aiohttp.ClientSession()
+    try:
+        ws = await http.ws_connect(url, protocols=protocols, max_msg_size=0,
+                                   ssl=ssl_context if ssl_context is not None else True)
+    except aiohttp.WSServerHandshakeError as error:
+        await http.close()
+        if error.status == 404:
+            raise TokenRejected(f"{shown}: 404: {error.message}") from None
+        raise StreamClientError(f"{shown}: {error.status}: {error.message}") from None
+    except BaseException:
+        await http.close()
+        raise
+    return http, ws
+
+
 # Port-forward -------------------------------------------------------------------------------
 
 class _WebSocketPipe:
@@ -472,18 +481,7 @@ class PortForward:
             return cls(session, runner)
         if transport != "websocket":
             raise ValueError(f"unknown transport {transport!r}")
-        http = aiohttp.ClientSession()
-        try:
-            ws = await http.ws_connect(url, protocols=(portforward.TUNNELED,), max_msg_size=0,
-                                       ssl=ssl_context if ssl_context is not None else True)
-        except aiohttp.WSServerHandshakeError as error:
-            await http.close()
-            if error.status == 404:
-                raise TokenRejected(f"{url}: 404: {error.message}") from None
-            raise StreamClientError(f"{url}: {error.status}: {error.message}") from None
-        except BaseException:
-            await http.close()
-            raise
+        http, ws = await _ws_connect(url, (portforward.TUNNELED,), ssl_context)
         pipe = _WebSocketPipe(http, ws)
         session = spdy.Session(pipe.reader, pipe, server=False)  # type: ignore[arg-type]
         return cls(session, asyncio.create_task(session.run()))
@@ -603,18 +601,7 @@ class ChannelPortForward:
         query = urllib.parse.urlencode([("port", str(port)) for port in ports])
         full = url + ("&" if "?" in url else "?") + query
         protocol = ws_portforward.V4_BASE64 if base64_text else ws_portforward.V4
-        http = aiohttp.ClientSession()
-        try:
-            ws = await http.ws_connect(full, protocols=(protocol,), max_msg_size=0,
-                                       ssl=ssl_context if ssl_context is not None else True)
-        except aiohttp.WSServerHandshakeError as error:
-            await http.close()
-            if error.status == 404:
-                raise TokenRejected(f"{url}: 404: {error.message}") from None
-            raise StreamClientError(f"{url}: {error.status}: {error.message}") from None
-        except BaseException:
-            await http.close()
-            raise
+        http, ws = await _ws_connect(full, (protocol,), ssl_context, shown=url)
         forward = cls(http, ws, list(ports))
         try:
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
