@@ -69,6 +69,14 @@ async def test_private_ca_and_skip_verify(tmp_path: Path, plain: Plain, ca: CA) 
         assert await pull(unverified, tmp_path, reference) == plain.image.id
 
 
+async def test_insecure_plain_http_registry_falls_back_from_https(tmp_path: Path,
+                                                                  plain: Plain) -> None:
+    """An insecure host that speaks only HTTP: the unverified HTTPS try fails, HTTP serves."""
+    for host in (plain.registry.host, plain.registry.host.replace("127.0.0.1", "localhost")):
+        live = config(tmp_path, insecure=[host])
+        assert await pull(live, tmp_path, f"{host}/test/busybox:latest") == plain.image.id
+
+
 @pytest.mark.parametrize("problem", ["unknown authority", "name mismatch", "expired"])
 async def test_tls_errors_name_the_host_and_reason(tmp_path: Path, plain: Plain, ca: CA,
                                                    problem: str) -> None:

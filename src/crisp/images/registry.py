@@ -135,6 +135,11 @@ class RepositoryClient:
     def _identity(self, endpoint: Endpoint) -> str:
         return self._credentials_for(endpoint).identity()
 
+    def _falls_back(self, endpoint: Endpoint) -> bool:
+        """Whether a failure of ``endpoint`` moves on to the next one (a mirror, or the
+        unverified HTTPS try of an insecure registry, which plain HTTP follows)."""
+        return endpoint.mirror or endpoint is not self.endpoints[-1]
+
     def _live_endpoints(self, capability: str) -> list[Endpoint]:
         """Endpoints that may serve ``capability`` (hosts.toml's pull or resolve), alive first."""
         able = [e for e in self.endpoints if e.can(capability)]
@@ -263,7 +268,7 @@ class RepositoryClient:
                 ) from error
             except aiohttp.ClientSSLError as error:
                 message = f"TLS to registry {endpoint.host} failed: {tls_reason(error)}"
-                if endpoint.mirror:
+                if self._falls_back(endpoint):
                     raise Unavailable(f"{endpoint}: {message}") from error
                 raise FailedPrecondition(message) from error
             except aiohttp.ClientOSError as error:
@@ -272,7 +277,7 @@ class RepositoryClient:
                     log.debug("%s %s%s failed: %s", method, endpoint, path, last)
                     continue
                 message = f"TLS to registry {endpoint.host} failed: {tls_reason(error)}"
-                if endpoint.mirror:
+                if self._falls_back(endpoint):
                     raise Unavailable(f"{endpoint}: {message}") from error
                 raise FailedPrecondition(message) from error
             except _RETRYABLE as error:
