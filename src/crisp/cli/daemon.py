@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="validate a config file")
     check.add_argument("file", metavar="FILE")
     show = config_commands.add_parser(
-        "show", help="print the effective registry setup per host (all sources merged)")
+        "show", parents=[common],
+        help="print the effective registry setup per host (all sources merged)")
     show.add_argument("hosts", metavar="HOST", nargs="*",
                       help="registry hosts (or host/repository); default: every configured one")
     return parser
