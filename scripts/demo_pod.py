@@ -3,7 +3,8 @@
 
 Needs no registry: the image is imported from a directory with `crispctl images import
 --rootfs`. It talks CRI to the daemon like the kubelet would, fetches the page from the
-pod's IP, and leaves the pod running (`--remove` removes it).
+pod's IP, and leaves the pod running (`--remove` removes it). Run again, it replaces the
+pod: the old one and its log directory go first, the image is imported again under its name.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ IMAGE = "localhost/crisp-demo/busybox:1"
 POD_NAME = "crisp-demo"
 POD_NAMESPACE = "default"
 PAGE = "<h1>Hello from a crisp pod</h1>\n"
+LOG_ROOT = Path("/var/log/pods")
 
 
 def main() -> int:
@@ -40,12 +42,14 @@ def main() -> int:
     endpoint = resolve_endpoint(args.runtime_endpoint)
     with grpc.insecure_channel(endpoint) as channel:
         runtime = cri_pb2_grpc.RuntimeServiceStub(channel)
-        remove_demo_pods(runtime)
+        remove_demo_pods(runtime, endpoint)
         if args.remove:
-            print("demo pod removed")
+            remove_demo_image(channel)
+            print("demo pod and image removed")
             return 0
+        remove_demo_image(channel)
         import_image(endpoint)
-        pod_id, container_id, log_path = run_demo_pod(runtime)
+        pod_id, container_id, log_path = run_demo_pod(runtime, endpoint)
         ip = runtime.PodSandboxStatus(
             cri_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
         ).status.network.ip
@@ -59,7 +63,7 @@ def main() -> int:
 
 
 def import_image(endpoint: str) -> None:
-    """Import busybox-static as a one-layer image (skipped when crisp already has it)."""
+    """Import busybox-static as a one-layer image (again under the same name on a rerun)."""
     with tempfile.TemporaryDirectory(prefix="crisp-demo-") as directory:
         rootfs = Path(directory)
         busybox = static_busybox()
@@ -113,13 +117,22 @@ def has_interpreter(path: Path) -> bool:
                for i in range(phnum))
 
 
-def run_demo_pod(runtime: Any) -> tuple[str, str, str]:
-    uid = str(uuid.uuid4())
-    log_directory = f"/var/log/pods/{POD_NAMESPACE}_{POD_NAME}_{uid}"
+def pod_uid(endpoint: str) -> str:
+    """One uid per daemon, as the kubelet keeps a pod's: a rerun reuses its log directory."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"crisp-demo:{endpoint}"))
+
+
+def log_directory(endpoint: str) -> Path:
+    return LOG_ROOT / f"{POD_NAMESPACE}_{POD_NAME}_{pod_uid(endpoint)}"
+
+
+def run_demo_pod(runtime: Any, endpoint: str) -> tuple[str, str, str]:
+    uid = pod_uid(endpoint)
+    logs = str(log_directory(endpoint))
     pod_config = cri_pb2.PodSandboxConfig(
         metadata=cri_pb2.PodSandboxMetadata(name=POD_NAME, namespace=POD_NAMESPACE, uid=uid),
         hostname=POD_NAME,
-        log_directory=log_directory,
+        log_directory=logs,
         labels={"app": "crisp-demo"},
         # As the kubelet sends it for a pod without shareProcessNamespace: no pause needed.
         linux=cri_pb2.LinuxPodSandboxConfig(
@@ -141,14 +154,27 @@ def run_demo_pod(runtime: Any) -> tuple[str, str, str]:
         )
     ).container_id
     runtime.StartContainer(cri_pb2.StartContainerRequest(container_id=container_id))
-    return pod_id, container_id, f"{log_directory}/web/0.log"
+    return pod_id, container_id, f"{logs}/web/0.log"
 
 
-def remove_demo_pods(runtime: Any) -> None:
+def remove_demo_image(channel: grpc.Channel) -> None:
+    """Remove the previous run's image: a new import is a new image (its config is dated),
+    and the old one would stay behind without a name."""
+    images = cri_pb2_grpc.ImageServiceStub(channel)
+    try:
+        images.RemoveImage(cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(image=IMAGE)))
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+
+
+def remove_demo_pods(runtime: Any, endpoint: str) -> None:
+    """Remove every demo pod of this daemon and its logs, as the kubelet would."""
     selector = cri_pb2.PodSandboxFilter(label_selector={"app": "crisp-demo"})
     for pod in runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest(filter=selector)).items:
         runtime.StopPodSandbox(cri_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
         runtime.RemovePodSandbox(cri_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+    shutil.rmtree(log_directory(endpoint), ignore_errors=True)
 
 
 def fetch(url: str, attempts: int = 50) -> str:

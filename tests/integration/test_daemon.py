@@ -187,6 +187,20 @@ def test_invalid_config_stops_startup_naming_file_and_key(make_daemon: DaemonFac
     assert f"{daemon.config_path}: metrics.port: must be a port number" in log
 
 
+def test_metrics_port_in_use_stops_startup_with_one_line(make_daemon: DaemonFactory) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        daemon = make_daemon(f"[metrics]\nenabled = true\nport = {port}\n", start=False)
+        daemon.start(wait=False)
+        assert daemon.process is not None
+        assert daemon.process.wait(20) != 0
+    log = daemon.log()
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in log
+    assert "Traceback" not in log
+
+
 def test_sigterm_stops_cleanly(make_daemon: DaemonFactory) -> None:
     daemon = make_daemon()
     assert daemon.stop() == 0

@@ -12,7 +12,8 @@ from crisp.cli.daemon import build_parser, main
 @pytest.mark.parametrize(
     "argv",
     [["--config", "F", "daemon"], ["daemon", "--config", "F"], ["--config", "F"],
-     ["--config", "F", "config", "default"], ["config", "--config", "F", "default"]],
+     ["--config", "F", "config", "default"], ["config", "--config", "F", "default"],
+     ["config", "show", "--config", "F", "docker.io"], ["--config", "F", "config", "show"]],
 )
 def test_config_is_taken_before_or_after_the_subcommand(argv: list[str]) -> None:
     assert build_parser().parse_args(argv).config == "F"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from crisp.cli.daemon import main
 from crisp.cli.install import CONFIG, CRICTL, UNIT, UNIT_TEMPLATE
-from crisp.config import parse
+from crisp.config import Config, parse
+from crisp.doctor.checks import Status, cni_checks
 
 
 def everything(root: Path) -> list[str]:
@@ -71,3 +73,27 @@ def test_systemd_analyze_accepts_the_unit(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(unit)],
                             capture_output=True, text=True)
     assert "crisp.service" not in result.stderr, result.stderr
+
+
+def test_the_installed_config_gives_pods_crisps_default_network(tmp_path: Path) -> None:
+    """Install before the quick start: the quick start keeps this file, so it must ask for the
+    default bridge network (otherwise the demo pod gets none); all else is the defaults."""
+    assert main(["install", "--root", str(tmp_path), "--crisp", "/usr/local/bin/crisp"]) == 0
+    installed = parse((tmp_path / CONFIG).read_text(), str(CONFIG))
+    assert installed.cni.write_default_config
+    defaults = Config()
+    assert replace(installed, cni=defaults.cni) == defaults
+    assert replace(installed.cni, write_default_config=False) == defaults.cni
+
+
+def test_the_installed_config_passes_the_doctors_network_check(tmp_path: Path) -> None:
+    """With an empty conf_dir the doctor says crisp writes its network, not 'no network'."""
+    main(["install", "--root", str(tmp_path)])
+    text = (tmp_path / CONFIG).read_text()
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir()
+    config = parse(text.replace('conf_dir = "/etc/cni/net.d"', f'conf_dir = "{conf_dir}"'))
+    assert config.cni.conf_dir == str(conf_dir)
+    (check,) = [c for c in cni_checks(config) if c.name == "cni: network"]
+    assert check.status is Status.OK, check
+    assert "writes its default bridge network" in check.detail

@@ -74,10 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", parents=[common], help="print or check a config file")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     config_commands.add_parser("default", help="print a complete config file with every default")
+    config_commands.add_parser(
+        "reference", help="print the configuration reference (docs/configuration.md) in Markdown"
+    )
     check = config_commands.add_parser("check", help="validate a config file")
     check.add_argument("file", metavar="FILE")
     show = config_commands.add_parser(
-        "show", help="print the effective registry setup per host (all sources merged)")
+        "show", parents=[common],
+        help="print the effective registry setup per host (all sources merged)")
     show.add_argument("hosts", metavar="HOST", nargs="*",
                       help="registry hosts (or host/repository); default: every configured one")
     return parser
@@ -89,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         if args.config_command == "default":
             sys.stdout.write(render_default())
+            return 0
+        if args.config_command == "reference":
+            from crisp.config.reference import render_reference
+
+            sys.stdout.write(render_reference())
             return 0
         if args.config_command == "show":
             return _show(args.config, args.hosts)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from crisp.config import Config, render_default
+from crisp.config import Config, render
 
 CONFIG = Path("etc/crisp/crisp.toml")
 CRICTL = Path("etc/crictl.yaml")
@@ -52,6 +52,27 @@ StandardError=journal
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def installed_config() -> Config:
+    """The config install writes: the built-in defaults, with crisp's own pod network on.
+
+    Without ``write_default_config`` a node whose /etc/cni/net.d is empty gives pods no
+    network, so a config laid down before the quick start (which would otherwise ask for the
+    default network itself) must ask for it too.
+    """
+    defaults = Config()
+    return replace(defaults, cni=replace(defaults.cni, write_default_config=True))
+
+
+def installed_config_text() -> str:
+    return render(installed_config(), [
+        "crisp configuration, written by `crisp install`: the built-in defaults",
+        "(`crisp config default`), except [cni] write_default_config = true, so that pods get",
+        "crisp's own bridge network while /etc/cni/net.d holds no network config. A network",
+        "add-on's config (flannel, calico, ...) sorts first and wins; set it to false where",
+        "pods should wait for the add-on instead (docs/kubernetes.md).",
+    ])
 
 
 def crictl_yaml(socket: str) -> str:
@@ -103,7 +124,7 @@ def install(root: Path, crisp: str) -> list[str]:
     """Lay down the absent files under ``root``; returns one line per file for the user."""
     manifest = Manifest.read(root)
     wanted = {
-        CONFIG: render_default(),
+        CONFIG: installed_config_text(),
         CRICTL: crictl_yaml(Config().socket),
         UNIT: UNIT_TEMPLATE.format(crisp=crisp),
     }

@@ -1,7 +1,7 @@
 """crisp's configuration: the typed model, the TOML file, and live reload."""
 
 from crisp.config.live import LiveConfig, ReloadResult
-from crisp.config.load import ConfigError, config_path, load, parse, render_default
+from crisp.config.load import ConfigError, config_path, load, parse, render, render_default
 from crisp.config.model import (
     CNIConfig,
     Config,
@@ -30,5 +30,6 @@ __all__ = [
     "config_path",
     "load",
     "parse",
+    "render",
     "render_default",
 ]

@@ -231,12 +231,19 @@ def _check(config: Config) -> list[tuple[str, str]]:
 
 def render_default() -> str:
     """A complete, commented config file holding every built-in default."""
-    lines = [
-        "# crisp configuration. Every option is shown with its built-in default.",
-        "# Options marked (live) change on SIGHUP; the rest need a restart.",
-        "",
-    ]
-    _render_table(Config(), "", lines)
+    return render(
+        Config(), ["crisp configuration. Every option is shown with its built-in default."]
+    )
+
+
+def render(config: Config, header: list[str]) -> str:
+    """A complete, commented config file holding every value of ``config``.
+
+    ``header`` is the opening comment, one line per item; the note on live options follows.
+    """
+    lines = [f"# {line}" if line else "#" for line in header]
+    lines += ["# Options marked (live) change on SIGHUP; the rest need a restart.", ""]
+    _render_table(config, "", lines)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -128,7 +128,8 @@ class PodConfig:
 
     pause_image: str = option(
         "registry.k8s.io/pause:3.9",
-        "Image of the infra process, started where a pod shares one PID namespace.",
+        "Image of the infra process, started where a pod shares one PID namespace; pulled "
+        "when first needed and pinned (never garbage-collected by the kubelet).",
     )
     infra_container: bool = option(
         False, "Start an infra (pause) process in every pod, not only where one is needed."
@@ -198,10 +199,14 @@ class Config:
     root_dir: str = option("/var/lib/crisp", "Persistent state: database, images, containers.")
     run_dir: str = option("/run/crisp", "Volatile state: namespace pins, bundles, runtime state.")
     socket: str = option("/run/crisp/crisp.sock", "The CRI gRPC unix socket.")
-    log_level: LogLevel = option("info", "debug, info, warning or error.", live=True)
-    log_format: LogFormat = option("text", "text or json (one object per line).", live=True)
+    log_level: LogLevel = option("info", "Least severe log level written.", live=True)
+    log_format: LogFormat = option(
+        "text", "Log lines as text, or json (one object per line).", live=True
+    )
     cgroup_manager: CgroupManager = option(
-        "cgroupfs", "cgroupfs, or systemd where systemd runs as init."
+        "cgroupfs",
+        "The cgroup driver: cgroupfs, or systemd where systemd runs as init; it must match "
+        "the kubelet's cgroupDriver (RuntimeConfig reports it to the kubelet).",
     )
     default_runtime: str = option(
         "runc", "The runtime handler of pods that name none; must be one of [runtimes]."

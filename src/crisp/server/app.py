@@ -82,7 +82,14 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
         from crisp.server.metrics import GrpcMetrics, MetricsInterceptor
 
         metrics = GrpcMetrics()
-        metrics.serve(metrics_config.address, metrics_config.port)
+        address = f"{metrics_config.address}:{metrics_config.port}"
+        try:
+            metrics.serve(metrics_config.address, metrics_config.port)
+        except OSError as error:  # a port in use, an address not on this host
+            raise StartupError(
+                f"cannot serve metrics on {address}: {error.strerror or error}; free the "
+                "port or set metrics.address/metrics.port"
+            ) from error
         interceptors.append(MetricsInterceptor(metrics))
     # Outermost first: metrics see every call, errors map what the request check refuses.
     interceptors += [ErrorInterceptor(live.current.root_dir), RequestCheckInterceptor()]
