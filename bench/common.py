@@ -35,8 +35,10 @@ from tests.support.image_builder import (
     build_image,
     busybox_applets,
     make_layer,
+    push_image,
 )
 from tests.support.pods import clean_leftovers
+from tests.support.registry import running_registry
 
 CNI_BIN = "/usr/lib/cni"
 
@@ -308,3 +310,29 @@ def bench_image(config: ImageConfig | None = None) -> Any:
     layer.file("etc/passwd", PASSWD)
     layer.file("etc/group", GROUP)
     return build_image([make_layer(layer)], config)
+
+
+@dataclass
+class BenchImages:
+    """The local registry both runtimes pull from, and the two images it serves."""
+
+    host: str
+    busybox: str
+    pause: str
+
+
+@contextlib.contextmanager
+def bench_registry() -> Iterator[BenchImages]:
+    """A docker-registry with the busybox and pause images every pod benchmark runs."""
+    with running_registry() as registry:
+        push_image(registry.url, "bench/busybox", "latest", bench_image())
+        push_image(registry.url, "bench/pause", "latest",
+                   bench_image(ImageConfig(entrypoint=["/bin/sleep", "2147483647"], cmd=None)))
+        yield BenchImages(registry.host, f"{registry.host}/bench/busybox:latest",
+                          f"{registry.host}/bench/pause:latest")
+
+
+def write_json(path: str | None, metrics: dict[str, Any]) -> None:
+    """Write ``{"metric": {"crisp": x, "containerd": y}, ...}`` for bench/report.py."""
+    if path:
+        Path(path).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")

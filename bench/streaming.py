@@ -40,12 +40,10 @@ import yarl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PodDriver, bench_image, containerd_runtime, crisp_runtime, percentile
+from common import PodDriver, bench_registry, containerd_runtime, crisp_runtime, percentile
 
 from crisp.api import cri_pb2
 from crisp.streaming import spdy
-from tests.support.image_builder import ImageConfig, push_image
-from tests.support.registry import running_registry
 
 MIB = 1024 * 1024
 SIZE = 100 * MIB
@@ -245,13 +243,8 @@ def main() -> None:
             sys.exit(f"{binary} is not installed")
     base = Path(tempfile.mkdtemp(prefix="crisp-sbench-"))
     try:
-        with running_registry() as registry, contextlib.ExitStack() as stack:
-            push_image(registry.url, "bench/busybox", "latest", bench_image())
-            push_image(registry.url, "bench/pause", "latest",
-                       bench_image(ImageConfig(entrypoint=["/bin/sleep", "2147483647"],
-                                               cmd=None)))
-            busybox = f"{registry.host}/bench/busybox:latest"
-            pause = f"{registry.host}/bench/pause:latest"
+        with bench_registry() as registry, contextlib.ExitStack() as stack:
+            busybox, pause = registry.busybox, registry.pause
             targets = []
             for name, factory in (("crisp", crisp_runtime), ("containerd", containerd_runtime)):
                 print(f"starting {name}...", flush=True)
