@@ -51,6 +51,10 @@ class Runtime:
     socket: Path
     daemon_pid: Callable[[], int]
     per_pod_pids: Callable[[list[str]], list[int]]
+    # where its CNI host-local IPAM keeps one file per allocated IP (one directory per network)
+    ipam_dir: Path | None = None
+    # the directory everything of this runtime lives under (mounts there are its own)
+    base: Path | None = None
 
     def stub(self) -> Any:
         channel = grpc.insecure_channel(f"unix://{self.socket}")
@@ -202,6 +206,7 @@ def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
         yield Runtime(
             name="crisp", socket=daemon.socket, daemon_pid=lambda: process.pid,
             per_pod_pids=lambda pods: pids_whose_cmdline("conmon", str(base)),
+            ipam_dir=daemon.root / "network" / "ipam", base=base,
         )
     finally:
         daemon.stop()
@@ -252,7 +257,9 @@ CONTAINERD_CNI = {
 def containerd_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
     conf = base / "net.d"
     conf.mkdir(parents=True)
-    (conf / "10-bench.conflist").write_text(json.dumps(CONTAINERD_CNI))
+    network = json.loads(json.dumps(CONTAINERD_CNI))
+    network["plugins"][0]["ipam"]["dataDir"] = str(base / "ipam")  # its own, not the host's
+    (conf / "10-bench.conflist").write_text(json.dumps(network))
     socket = base / "containerd.sock"
     config = base / "config.toml"
     config.write_text(CONTAINERD_CONFIG.format(
@@ -272,6 +279,7 @@ def containerd_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
         yield Runtime(
             name="containerd", socket=socket, daemon_pid=lambda: process.pid,
             per_pod_pids=lambda pods: pids_whose_cmdline("containerd-shim", str(socket)),
+            ipam_dir=base / "ipam", base=base,
         )
     finally:
         process.terminate()
