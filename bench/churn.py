@@ -270,13 +270,13 @@ def metrics(results: dict[str, Churn]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for name, result in results.items():
         values = {
-            "churn start throughput pods/s": result.started / result.start_seconds,
-            "churn stop throughput pods/s": result.stopped / result.stop_seconds,
-            "churn pod start ms": [round(s * 1000, 3) for s in result.start_latency],
+            "start throughput pods/s": result.started / result.start_seconds,
+            "stop throughput pods/s": result.stopped / result.stop_seconds,
+            "pod start in a burst ms": [round(s * 1000, 3) for s in result.start_latency],
             f"daemon RSS MiB @ {result.full} pods": result.daemon_rss / 2**20,
             f"total RSS MiB @ {result.full} pods": result.total_rss / 2**20,
-            "churn leftovers": len(result.leaks),
-            "churn failures": len(result.failures),
+            "leftovers": len(result.leaks),
+            "failures": len(result.failures),
         }
         for metric, value in values.items():
             found.setdefault(metric, {})[name] = value
