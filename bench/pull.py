@@ -224,10 +224,10 @@ def unmount_under(directory: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--json", metavar="OUT", help="also write the medians as JSON "
                         '({"pull <shape> s": {"crisp": x, "containerd": y}}, for bench/report.py)')
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/pull.py needs root (overlay layers, device nodes)", file=sys.stderr)
