@@ -390,7 +390,9 @@ def describe(meta: dict[str, Any]) -> list[str]:
                      f"noisy, ratios within one run are what to compare)")
     for name, run in meta.get("runs", {}).items():
         took = f", {run['seconds']:.0f} s" if "seconds" in run else ""
+        took += f", load average after it {run['load']}" if run.get("load") else ""
         lines.append(f"{name}: `{run.get('argv', '')}` — {run.get('status', '?')}{took}")
+    lines += meta.get("notes", [])
     return lines or ["from saved JSON, without a record of how it was run"]
 
 
@@ -424,7 +426,7 @@ def run_all(options: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "commit": _git("rev-parse", "--short", "HEAD"),
         "machine": f"{os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
-        "uptime_before": _uptime(), "runs": {},
+        "uptime_before": _uptime(), "runs": {}, "notes": options.note,
     }
     for name, args in plan(options).items():
         out = directory / f"{name}.json"
@@ -443,7 +445,8 @@ def run_all(options: argparse.Namespace, directory: Path) -> dict[str, Any]:
         if status != "ok":
             tail = (directory / f"{name}.log").read_text(errors="replace")[-600:]
             print(f"   {status}; the end of its log:\n{tail}", flush=True)
-        meta["runs"][name] = {"argv": shown, "status": status, "seconds": round(seconds)}
+        meta["runs"][name] = {"argv": shown, "status": status, "seconds": round(seconds),
+                              "load": _uptime().partition("load average: ")[2]}
         meta["uptime_after"] = _uptime()
         (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
@@ -472,6 +475,8 @@ def main() -> None:
     parser.add_argument("--churn-pods", type=int, default=250)
     parser.add_argument("--churn-burst", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the report's account of how it was produced")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "benchmarks")
     options = parser.parse_args()
@@ -481,6 +486,7 @@ def main() -> None:
         directory = options.source
         meta_file = directory / "meta.json"
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        meta["notes"] = [*meta.get("notes", []), *options.note]
     else:
         if os.geteuid() != 0:
             sys.exit("run as root: the benchmarks mount overlays and create namespaces")
