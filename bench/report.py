@@ -75,7 +75,7 @@ TARGETS = (
            r"^lifecycle: memory per additional pod MiB$", "< 0.5x",
            lambda crisp, ctrd: ctrd is not None and ctrd > 0 and crisp / ctrd < 0.5),
     Target("node: daemon RSS MiB @ 10 and 110 pods",
-           r"^(lifecycle|node): daemon RSS MiB @ \d+ pods$", "≤ 1x", _ratio_at_most(1.0)),
+           r"^(lifecycle|node|churn): daemon RSS MiB @ \d+ pods$", "≤ 1x", _ratio_at_most(1.0)),
     Target("node: daemon CPU % @ 10 and 110 pods", r"^node: daemon CPU %.* @ \d+ pods$",
            "≤ 1x", _ratio_at_most(1.0)),
     Target("node: ListContainers p99 ms @ 110 pods", r"^node: ListContainers p99 ms @ \d+ pods$",
@@ -163,7 +163,7 @@ def target_rows(metrics: Metrics) -> list[Row]:
     rows: list[Row] = []
     for target in TARGETS:
         matched = sorted((m for m in metrics if re.match(target.pattern, m)),
-                         key=lambda m: (SERIES.sub(r"\g<base>", m), _pods(m)))
+                         key=lambda m: (_pods(m), m))
         if not matched:
             rows.append(Row(target.label, None, None, target.text, None))
         for metric in matched:
