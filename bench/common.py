@@ -35,8 +35,10 @@ from tests.support.image_builder import (
     build_image,
     busybox_applets,
     make_layer,
+    push_image,
 )
 from tests.support.pods import clean_leftovers
+from tests.support.registry import running_registry
 
 CNI_BIN = "/usr/lib/cni"
 
@@ -49,6 +51,10 @@ class Runtime:
     socket: Path
     daemon_pid: Callable[[], int]
     per_pod_pids: Callable[[list[str]], list[int]]
+    # where its CNI host-local IPAM keeps one file per allocated IP (one directory per network)
+    ipam_dir: Path | None = None
+    # the directory everything of this runtime lives under (mounts there are its own)
+    base: Path | None = None
 
     def stub(self) -> Any:
         channel = grpc.insecure_channel(f"unix://{self.socket}")
@@ -200,6 +206,7 @@ def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
         yield Runtime(
             name="crisp", socket=daemon.socket, daemon_pid=lambda: process.pid,
             per_pod_pids=lambda pods: pids_whose_cmdline("conmon", str(base)),
+            ipam_dir=daemon.root / "network" / "ipam", base=base,
         )
     finally:
         daemon.stop()
@@ -250,7 +257,9 @@ CONTAINERD_CNI = {
 def containerd_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
     conf = base / "net.d"
     conf.mkdir(parents=True)
-    (conf / "10-bench.conflist").write_text(json.dumps(CONTAINERD_CNI))
+    network = json.loads(json.dumps(CONTAINERD_CNI))
+    network["plugins"][0]["ipam"]["dataDir"] = str(base / "ipam")  # its own, not the host's
+    (conf / "10-bench.conflist").write_text(json.dumps(network))
     socket = base / "containerd.sock"
     config = base / "config.toml"
     config.write_text(CONTAINERD_CONFIG.format(
@@ -270,6 +279,7 @@ def containerd_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
         yield Runtime(
             name="containerd", socket=socket, daemon_pid=lambda: process.pid,
             per_pod_pids=lambda pods: pids_whose_cmdline("containerd-shim", str(socket)),
+            ipam_dir=base / "ipam", base=base,
         )
     finally:
         process.terminate()
@@ -308,3 +318,29 @@ def bench_image(config: ImageConfig | None = None) -> Any:
     layer.file("etc/passwd", PASSWD)
     layer.file("etc/group", GROUP)
     return build_image([make_layer(layer)], config)
+
+
+@dataclass
+class BenchImages:
+    """The local registry both runtimes pull from, and the two images it serves."""
+
+    host: str
+    busybox: str
+    pause: str
+
+
+@contextlib.contextmanager
+def bench_registry() -> Iterator[BenchImages]:
+    """A docker-registry with the busybox and pause images every pod benchmark runs."""
+    with running_registry() as registry:
+        push_image(registry.url, "bench/busybox", "latest", bench_image())
+        push_image(registry.url, "bench/pause", "latest",
+                   bench_image(ImageConfig(entrypoint=["/bin/sleep", "2147483647"], cmd=None)))
+        yield BenchImages(registry.host, f"{registry.host}/bench/busybox:latest",
+                          f"{registry.host}/bench/pause:latest")
+
+
+def write_json(path: str | None, metrics: dict[str, Any]) -> None:
+    """Write ``{"metric": {"crisp": x, "containerd": y}, ...}`` for bench/report.py."""
+    if path:
+        Path(path).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")

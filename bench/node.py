@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     PodDriver,
     Runtime,
-    bench_image,
+    bench_registry,
     containerd_runtime,
     crisp_runtime,
     percentile,
@@ -45,8 +45,6 @@ from common import (
 )
 
 from crisp.api import cri_pb2
-from tests.support.image_builder import ImageConfig, push_image
-from tests.support.registry import running_registry
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -155,13 +153,8 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="crisp-node-"))
     results: dict[str, dict[str, Any]] = {}
     try:
-        with running_registry() as registry:
-            push_image(registry.url, "bench/busybox", "latest", bench_image())
-            push_image(registry.url, "bench/pause", "latest",
-                       bench_image(ImageConfig(entrypoint=["/bin/sleep", "2147483647"],
-                                               cmd=None)))
-            busybox = f"{registry.host}/bench/busybox:latest"
-            pause = f"{registry.host}/bench/pause:latest"
+        with bench_registry() as registry:
+            busybox, pause = registry.busybox, registry.pause
             for name, factory in (("crisp", crisp_runtime), ("containerd", containerd_runtime)):
                 if options.only and options.only != name:
                     continue

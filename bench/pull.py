@@ -10,12 +10,14 @@ crisp/containerd (below 1 means crisp is faster), MB/s of each, and crisp's down
 unpack rates. Needs root; cleans up after itself.
 
     sudo python3 bench/pull.py [--repeat 5] [--shapes cold-5x60m,large,small-files,many-layers]
+                               [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import re
@@ -222,6 +224,8 @@ def unmount_under(directory: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="OUT", help="also write the medians as JSON "
+                        '({"pull <shape> s": {"crisp": x, "containerd": y}}, for bench/report.py)')
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     args = parser.parse_args()
@@ -283,6 +287,11 @@ def main() -> int:
         print(f"{name:<14}{len(image.layers):>7}{size:>7.1f}{ours:>9.3f}{theirs:>8.3f}"
               f"{ours / theirs:>11.2f}{size / ours:>11.1f}{size / theirs:>10.1f}"
               f"{rates[name].download_mbps:>14.1f}{rates[name].unpack_mbps:>12.1f}")
+    if args.json:
+        found = {f"pull {name} s": {runtime: statistics.median(times)
+                                    for runtime, times in results[name].items()}
+                 for name in shapes}
+        Path(args.json).write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
     return 0
 
 

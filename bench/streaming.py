@@ -17,7 +17,7 @@ alternate between them so a busy machine slows both alike. One client for both:
 Results are printed as a table and as crisp/containerd ratios. Run as root from the repository
 root::
 
-    python bench/streaming.py [--execs 30] [--rounds 3]
+    python bench/streaming.py [--execs 30] [--rounds 3] [--json OUT]
 """
 
 from __future__ import annotations
@@ -34,18 +34,24 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yarl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PodDriver, bench_image, containerd_runtime, crisp_runtime, percentile
+from common import (
+    PodDriver,
+    bench_registry,
+    containerd_runtime,
+    crisp_runtime,
+    percentile,
+    write_json,
+)
 
 from crisp.api import cri_pb2
 from crisp.streaming import spdy
-from tests.support.image_builder import ImageConfig, push_image
-from tests.support.registry import running_registry
 
 MIB = 1024 * 1024
 SIZE = 100 * MIB
@@ -233,10 +239,24 @@ def report(crisp: Results, ctrd: Results, options: argparse.Namespace) -> None:
     print(f"(raw: crisp {crisp}\n      containerd {ctrd})")
 
 
+def metrics(results: dict[str, Results]) -> dict[str, dict[str, Any]]:
+    """The JSON bench/report.py reads: {"metric": {"crisp": x, "containerd": y}}."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, result in results.items():
+        for metric, value in (
+                ("exec latency ms", [round(s * 1000, 3) for s in result.exec_latency]),
+                ("exec latency median ms", statistics.median(result.exec_latency) * 1000),
+                ("exec stdout MiB/s", statistics.median(result.exec_mib_s)),
+                ("port-forward MiB/s", statistics.median(result.forward_mib_s))):
+            found.setdefault(metric, {})[name] = value
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--execs", type=int, default=30, help="execs of true per runtime")
     parser.add_argument("--rounds", type=int, default=3, help="100 MiB transfers per kind")
+    parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the runtimes mount overlays and create namespaces")
@@ -245,13 +265,8 @@ def main() -> None:
             sys.exit(f"{binary} is not installed")
     base = Path(tempfile.mkdtemp(prefix="crisp-sbench-"))
     try:
-        with running_registry() as registry, contextlib.ExitStack() as stack:
-            push_image(registry.url, "bench/busybox", "latest", bench_image())
-            push_image(registry.url, "bench/pause", "latest",
-                       bench_image(ImageConfig(entrypoint=["/bin/sleep", "2147483647"],
-                                               cmd=None)))
-            busybox = f"{registry.host}/bench/busybox:latest"
-            pause = f"{registry.host}/bench/pause:latest"
+        with bench_registry() as registry, contextlib.ExitStack() as stack:
+            busybox, pause = registry.busybox, registry.pause
             targets = []
             for name, factory in (("crisp", crisp_runtime), ("containerd", containerd_runtime)):
                 print(f"starting {name}...", flush=True)
@@ -264,6 +279,7 @@ def main() -> None:
             print("measuring (alternating between the runtimes)...", flush=True)
             asyncio.run(measure(targets, options))
             report(targets[0].results, targets[1].results, options)
+            write_json(options.json, metrics({t.name: t.results for t in targets}))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -60,6 +60,7 @@ def test_pod_gets_its_own_namespaces_hostname_dns_and_shm(env: PodsEnv) -> None:
         info = env.runtime.Status(cri_pb2.StatusRequest(verbose=True)).info
         steps = json.loads(info["steps"])
         for name in ("pod: namespaces", "pod: files", "container: conmon + runc create",
+                     "conmon: spawn", "conmon: runc create",
                      "container: runc start", "container: state commit"):
             assert steps[name]["count"] >= 1 and steps[name]["seconds"] > 0, name
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 from crisp.errors import FailedPrecondition, RuntimeFailure
 from crisp.filemodes import CHILD_UMASK
 from crisp.oci.runtime import OCIRuntime
+from crisp.steps import step
 
 log = logging.getLogger(__name__)
 
@@ -121,26 +122,30 @@ class Conmon:
                "_OCI_SYNCPIPE": str(write_end)}
         monitor_log = os.open(files.monitor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *self.command(files, options),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=monitor_log,
-                    stderr=monitor_log,
-                    env=env,
-                    pass_fds=(write_end,),
-                    cwd=str(files.bundle),
-                    # runc inherits it: the container's mount points, /dev and its own
-                    # processes get the usual umask, not the daemon's private one.
-                    umask=CHILD_UMASK,
-                )
-            finally:
-                os.close(monitor_log)
-            os.close(write_end)
-            write_end = -1
-            await process.wait()
+            # conmon forks itself at once and its parent exits: the wait is conmon's own
+            # start; the answer on the sync pipe comes when ``runtime create`` is done.
+            with step("conmon: spawn"):
+                try:
+                    process = await asyncio.create_subprocess_exec(
+                        *self.command(files, options),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=monitor_log,
+                        stderr=monitor_log,
+                        env=env,
+                        pass_fds=(write_end,),
+                        cwd=str(files.bundle),
+                        # runc inherits it: the container's mount points, /dev and its own
+                        # processes get the usual umask, not the daemon's private one.
+                        umask=CHILD_UMASK,
+                    )
+                finally:
+                    os.close(monitor_log)
+                os.close(write_end)
+                write_end = -1
+                await process.wait()
             owned, read_end = read_end, -1  # _read_answer closes it
-            answer = await _read_answer(owned, CREATE_TIMEOUT)
+            with step("conmon: runc create"):
+                answer = await _read_answer(owned, CREATE_TIMEOUT)
         finally:
             for fd in (write_end, read_end):
                 if fd >= 0:
