@@ -29,7 +29,7 @@ CHUNK = 1 << 20
 def add_image_commands(commands: Any) -> None:
     """Add the image commands to crispctl's subparsers (``parser.add_subparsers()``)."""
     images = commands.add_parser("images", help="list images, or import/export archives")
-    images.set_defaults(run=list_images)
+    images.set_defaults(run=list_images, image_service=True)
     images.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     images.add_argument("--filter", action="append", metavar="FILTER",
                         help="REF, reference=GLOB, dangling=true|false, before=REF or "
@@ -47,30 +47,30 @@ def add_image_commands(commands: Any) -> None:
                           help="make a one-layer image of the directory SOURCE (docker import)")
     importer.add_argument("--base-name", default="",
                           help="repository for archive images that carry only a tag")
-    importer.set_defaults(run=import_images)
+    importer.set_defaults(run=import_images, image_service=True)
     exporter = sub.add_parser("export", help="write images to an archive (OCI layout and "
                                              "docker-save in one)")
     exporter.add_argument("references", nargs="+", metavar="REF")
     exporter.add_argument("-o", "--output", required=True, help="archive file to write (- for "
                                                                 "stdout)")
-    exporter.set_defaults(run=export_images)
+    exporter.set_defaults(run=export_images, image_service=True)
 
     pull = commands.add_parser("pull", help="pull an image")
     pull.add_argument("reference")
     pull.add_argument("--creds", help="USERNAME[:PASSWORD] for the registry")
     pull.add_argument("--auth", help="base64 of USERNAME:PASSWORD")
-    pull.set_defaults(run=pull_image)
+    pull.set_defaults(run=pull_image, image_service=True)
     rmi = commands.add_parser("rmi", help="remove images with all their tags")
     rmi.add_argument("references", nargs="*", metavar="REF")
     rmi.add_argument("-a", "--all", action="store_true",
                      help="remove every image except pinned ones")
     rmi.add_argument("-q", "--prune", action="store_true",
                      help="remove every image no container uses, except pinned ones")
-    rmi.set_defaults(run=remove_images)
+    rmi.set_defaults(run=remove_images, image_service=True)
     inspect = commands.add_parser("inspecti", help="an image's status and config as JSON")
     inspect.add_argument("references", nargs="+", metavar="REF")
     add_output_option(inspect, table=False)
-    inspect.set_defaults(run=inspect_image)
+    inspect.set_defaults(run=inspect_image, image_service=True)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -193,8 +193,10 @@ def remove_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
     if args.all or args.prune:
         used: set[str] = set()
         if args.prune:
-            containers = cri_pb2_grpc.RuntimeServiceStub(channel).ListContainers(
-                cri_pb2.ListContainersRequest(), timeout=args.timeout).containers
+            # which images containers use is the runtime's to say, at its own endpoint
+            with grpc.insecure_channel(args.runtime_target) as runtime:
+                containers = cri_pb2_grpc.RuntimeServiceStub(runtime).ListContainers(
+                    cri_pb2.ListContainersRequest(), timeout=args.timeout).containers
             used = {c.image_ref for c in containers} | {c.image.image for c in containers}
         for image in stub.ListImages(cri_pb2.ListImagesRequest(), timeout=args.timeout).images:
             if image.pinned:
