@@ -286,3 +286,48 @@ def test_stats_watch_refreshes(env: PodsEnv) -> None:
     out, err = watcher.communicate(timeout=10)
     assert "Traceback" not in err
     assert out.count('"stats"') >= 2
+
+
+def test_verbose_listings_and_crictl_list_flags(env: PodsEnv, tmp_path: Path) -> None:
+    pod_file, container_file = write_configs(
+        env, tmp_path, "ctl-verbose", ["sh", "-c", "exit 0"])
+    document = yaml.safe_load(container_file.read_text())
+    document["labels"] = {"tier": "web"}
+    document["annotations"] = {"note": "hello"}
+    container_file.write_text(yaml.safe_dump(document))
+    container_id = ctl(env, "run", str(container_file), str(pod_file)).stdout.strip()
+    try:
+        env.wait_exited(container_id)
+        pod_id = ctl(env, "pods", "-q", "--name", "^ctl-verbose$").stdout.strip()
+        # --latest and --last look at every state, as crictl's do; plain ps only running ones
+        assert container_id not in ctl(env, "ps", "-q").stdout.split()
+        assert ctl(env, "ps", "-q", "-l").stdout.split() == [container_id]
+        assert container_id in ctl(env, "ps", "-q", "-n", "5").stdout.split()
+        assert ctl(env, "ps", "-aq", "--namespace", "^test$", "--pod", pod_id).stdout.split() \
+            == [container_id]
+        assert ctl(env, "ps", "-aq", "--namespace", "^other$").stdout == ""
+        resolved = ctl(env, "ps", "-a", "-r", "--no-trunc", "--id", container_id).stdout
+        assert "sha256:" in resolved.splitlines()[1]
+
+        verbose = ctl(env, "ps", "-a", "-v", "--id", container_id).stdout
+        lines = verbose.splitlines()
+        assert f"ID: {container_id}" in lines and f"PodID: {pod_id}" in lines
+        assert "PodName: ctl-verbose" in lines and "State: CONTAINER_EXITED" in lines
+        assert f"Image: {env.busybox}" in lines
+        assert any(line.startswith("ImageRef: ") and len(line) > 20 for line in lines)
+        assert lines[lines.index("Labels:") + 1] == "\ttier -> web"
+        assert "\tnote -> hello" in lines[lines.index("Annotations:"):]
+
+        pods = ctl(env, "pods", "-v", "--id", pod_id).stdout.splitlines()
+        assert f"ID: {pod_id}" in pods and "Namespace: test" in pods
+        assert "Status: SANDBOX_READY" in pods and "\tapp -> ctl-verbose" in pods
+        assert ctl(env, "pods", "-q", "-n", "1").stdout.split() == \
+            ctl(env, "pods", "-q", "--latest").stdout.split()
+
+        images = ctl(env, "images", "-v", "-f", env.busybox).stdout.splitlines()
+        assert f"RepoTags: {env.busybox}" in images and "Pinned: false" in images
+        assert any(line.startswith("ID: sha256:") for line in images)
+        assert any(line.startswith("Size: ") for line in images)
+    finally:
+        for pod in ctl(env, "pods", "-q", "--name", "ctl-verbose").stdout.split():
+            ctl(env, "rmp", "-f", pod)

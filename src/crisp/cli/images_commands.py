@@ -21,7 +21,14 @@ from typing import Any
 import grpc
 
 from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
-from crisp.cli.output import UsageError, add_output_option, emit, to_dict, with_info
+from crisp.cli.output import (
+    UsageError,
+    add_output_option,
+    describe,
+    emit,
+    to_dict,
+    with_info,
+)
 
 CHUNK = 1 << 20
 
@@ -31,12 +38,14 @@ def add_image_commands(commands: Any) -> None:
     images = commands.add_parser("images", help="list images, or import/export archives")
     images.set_defaults(run=list_images, image_service=True)
     images.add_argument("-q", "--quiet", action="store_true", help="only image ids")
-    images.add_argument("--filter", action="append", metavar="FILTER",
+    images.add_argument("-f", "--filter", action="append", metavar="FILTER",
                         help="REF, reference=GLOB, dangling=true|false, before=REF or "
                         "since=REF (repeatable; all must hold)")
     images.add_argument("--digests", action="store_true", help="show the DIGEST column")
     images.add_argument("--no-trunc", action="store_true", help="full image ids")
     images.add_argument("--pinned", action="store_true", help="show the PINNED column")
+    images.add_argument("-v", "--verbose", action="store_true",
+                        help="each image's details: id, names, digests, size, user, pinned")
     add_output_option(images)
     sub = images.add_subparsers(dest="images_command", metavar="SUBCOMMAND")
     importer = sub.add_parser(
@@ -136,6 +145,16 @@ def list_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
         return 0
     if args.output != "table":
         emit({"images": [to_dict(image) for image in images]}, args.output)
+        return 0
+    if args.verbose:
+        for image in images:
+            user = image.username or (str(image.uid.value) if image.HasField("uid") else "")
+            describe([
+                ("ID", image.id), *(("RepoTags", tag) for tag in image.repo_tags),
+                *(("RepoDigests", digest) for digest in image.repo_digests),
+                ("Size", str(image.size)), *([("Username", user)] if user else []),
+                ("Pinned", str(image.pinned).lower()),
+            ], [])
         return 0
     header = ["IMAGE", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "SIZE",
               *(["PINNED"] if args.pinned else [])]
