@@ -8,12 +8,10 @@ writes crisp's store. See docs/images.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import os
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from crisp.cli.output import (
     to_dict,
     with_info,
 )
+from crisp.cli.pull_progress import show_pull
 
 CHUNK = 1 << 20
 
@@ -188,17 +187,8 @@ def pull_image(channel: grpc.Channel, args: argparse.Namespace) -> int:
         request.auth.password = password
     if args.auth:
         request.auth.auth = args.auth
-    # CRI's PullImage is one unary call with no progress; on a terminal show that it is alive.
     call = stub.PullImage.future(request)
-    started = time.monotonic()
-    while not call.done():
-        if sys.stderr.isatty():
-            print(f"\rPulling {args.reference} ({time.monotonic() - started:.0f}s)", end="",
-                  file=sys.stderr, flush=True)
-        with contextlib.suppress(grpc.FutureTimeoutError):
-            call.result(timeout=0.5)
-    if sys.stderr.isatty():
-        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+    show_pull(channel, args.reference, call)
     response = call.result()
     print(f"Image is up to date for {response.image_ref}")
     return 0
