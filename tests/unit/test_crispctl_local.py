@@ -131,3 +131,12 @@ def test_config_refuses_a_file_that_is_not_a_map(tmp_path: Path) -> None:
     result = crispctl("config", "--list", config=config)
     assert result.returncode == 2 and "is not YAML" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [("completion",), ("completion", "tcsh"), ("pods", "-s", "x"),
+                                  (), ("nosuchverb",), ("ps", "--bogus")])
+def test_a_command_line_mistake_is_one_line(args: tuple[str, ...]) -> None:
+    result = crispctl(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("crispctl") and "--help`)" in line, line

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -31,8 +32,16 @@ LocalCommand = Callable[[argparse.Namespace], int]
 DEFAULT_TIMEOUT = 10.0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (what is wrong, where to read more), as every
+    other crispctl error is; subcommand parsers inherit this class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crispctl", description="Talk CRI to crisp.")
+    parser = Parser(prog="crispctl", description="Talk CRI to crisp.")
     parser.add_argument(
         "-r",
         "--runtime-endpoint",
@@ -64,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-D", "--debug", action="store_true", help="say which endpoint each command talks to"
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands: Any = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     version = commands.add_parser("version", help="the runtime's name and versions")
     add_output_option(version)
     version.set_defaults(run=_version)
