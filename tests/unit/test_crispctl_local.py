@@ -56,6 +56,9 @@ def test_bash_completion_is_valid_and_completes_verbs_flags_and_values(tmp_path:
     assert complete(tmp_path, "ps", "--state", "r") == ["running"]
     assert complete(tmp_path, "completion", "") == ["bash", "zsh", "fish"]
     assert complete(tmp_path, "-D", "config", "--l") == ["--list"]
+    # a flag that takes any value (a socket, a file) completes file names
+    assert complete(tmp_path, "-r", "crisp") == ["crispctl.bash"]
+    assert complete(tmp_path, "runp", "--runtime", "cr") == ["crispctl.bash"]
 
 
 def test_zsh_and_fish_scripts() -> None:

@@ -71,16 +71,17 @@ def _bash(prog: str, tree: Node) -> str:
         key = shlex.quote(" ".join((prog, *node.path)))
         if node.verbs or node.words:
             words = " ".join([*node.verbs, *node.words])
-            verb_cases.append(f"        {key}) echo {shlex.quote(words)} ;;")
+            verb_cases.append(f"        {key}) printf '%s\\n' {shlex.quote(words)} ;;")
         flags = [option for action in node.flags for option in action.option_strings]
-        flag_cases.append(f"        {key}) echo {shlex.quote(' '.join(flags))} ;;")
+        flag_cases.append(f"        {key}) printf '%s\\n' {shlex.quote(' '.join(flags))} ;;")
         for action in node.flags:
             if not _takes_value(action):
                 continue
             words = " ".join(str(choice) for choice in action.choices or ())
             pattern = "|".join(shlex.quote(f"{' '.join((prog, *node.path))}:{option}")
                                for option in action.option_strings)
-            value_cases.append(f"        {pattern}) echo {shlex.quote(words or '-')} ;;")
+            value_cases.append(f"        {pattern})"
+                               f" printf '%s\\n' {shlex.quote(words or '-')} ;;")
     global_values = " ".join(
         option for action in tree.flags if _takes_value(action)
         for option in action.option_strings)
