@@ -416,6 +416,14 @@ async def test_pull_shows_layer_progress(env: PodsEnv) -> None:
         for digest in digests:
             assert digest in screen and "1.5/1.5 MB" in screen, screen
         assert "Traceback" not in screen
+
+        # a pull that fails prints its one error line and no progress
+        for missing, code_name in ((f"{proxy.host}/test/absent:1", "NOT_FOUND"),
+                                   ("Bad//Reference", "INVALID_ARGUMENT")):
+            code, out, err = await run_crispctl(env, "pull", missing)
+            assert code == 1 and out == ""
+            [line] = err.splitlines()
+            assert code_name in line, line
     finally:
         await proxy.stop()
         await run_crispctl(env, "rmi", reference)

@@ -50,8 +50,10 @@ class Watcher:
                 self.latest = message
                 self.moved.set()
         except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                self.unsupported = True  # no progress then; PullImage reports its own errors
+            # another runtime: no progress, say so; any other failure (a bad reference) is
+            # PullImage's to report, in its one error line
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.unsupported = True
                 self.moved.set()
 
     def stop(self) -> None:
@@ -79,7 +81,11 @@ class Display(Protocol):
 
 class PlainDisplay:
     """One line when the pull starts, when a layer starts, moves on (every few seconds) or
-    ends, and when the pull ends: readable in a log or a CI job."""
+    ends, and when the pull ends: readable in a log or a CI job.
+
+    The start line waits until the registry named the layers (or the runtime turns out to
+    report no progress), so a pull that fails at once prints only its one error line.
+    """
 
     def __init__(self, reference: str, out: TextIO):
         self.reference = reference
@@ -88,12 +94,20 @@ class PlainDisplay:
         self.states: dict[str, str] = {}
         self.sizes: dict[str, int] = {}
         self.printed_at: dict[str, float] = {}
-        self._say(f"Pulling {reference}")
+        self.announced = False
+
+    def _announce(self) -> None:
+        if not self.announced:
+            self.announced = True
+            print(f"Pulling {self.reference}", file=self.out, flush=True)
 
     def _say(self, line: str) -> None:
+        self._announce()
         print(line, file=self.out, flush=True)
 
     def update(self, pull: crisp_images_pb2.PullProgress) -> None:
+        if pull.layers:
+            self._announce()
         now = time.monotonic()
         for layer in pull.layers:
             self.sizes[layer.digest] = layer.total_bytes
@@ -111,7 +125,7 @@ class PlainDisplay:
                       f"{human(layer.done_bytes)}/{human(layer.total_bytes)}")
 
     def unsupported(self) -> None:
-        pass  # the runtime reports no progress: only the start and end lines
+        self._announce()  # the runtime reports no progress: only the start and end lines
 
     def finish(self, ok: bool) -> None:
         if not ok:
@@ -163,6 +177,8 @@ class RichDisplay:
             for task in [self.overall, *self.tasks.values()]:
                 total = self.progress.tasks[task].total
                 self.progress.update(task, total=total or 1, completed=total or 1, state="done")
+        else:
+            self.progress.live.transient = True  # erase the bars: the error line stays alone
         self.progress.stop()
 
 
