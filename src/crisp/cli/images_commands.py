@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import re
 import sys
 import tarfile
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ def add_image_commands(commands: Any) -> None:
     images.set_defaults(run=list_images, image_service=True)
     images.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     images.add_argument("-f", "--filter", action="append", metavar="FILTER",
-                        help="REF, reference=GLOB, dangling=true|false, before=REF or "
+                        help="REF, reference=GLOB or REGEX, dangling=true|false, before=REF or "
                         "since=REF (repeatable; all must hold)")
     images.add_argument("--digests", action="store_true", help="show the DIGEST column")
     images.add_argument("--no-trunc", action="store_true", help="full image ids")
@@ -107,8 +108,14 @@ def _image_filter(filters: list[str] | None,
         if not separator:
             continue  # a bare reference: ListImages filtered it already
         if key == "reference":
+            # crictl takes a regular expression; docker and ctr users write globs: take both
+            try:
+                pattern: re.Pattern[str] | None = re.compile(value)
+            except re.error:
+                pattern = None
             selected = [i for i in selected if any(
                 fnmatch.fnmatch(name, value) or fnmatch.fnmatch(name.rpartition(":")[0], value)
+                or (pattern is not None and pattern.search(name) is not None)
                 for name in (*i.repo_tags, *i.repo_digests))]
         elif key == "dangling":
             if value not in ("true", "false"):
