@@ -143,3 +143,19 @@ def test_a_command_line_mistake_is_one_line(args: tuple[str, ...]) -> None:
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("crispctl") and "--help`)" in line, line
+
+
+def test_pull_on_create_and_run_follow_crictl_yaml() -> None:
+    from crisp.cli.container_commands import _should_pull
+
+    def pulls(*argv: str, **settings: bool) -> bool:
+        args = build_parser().parse_args(list(argv))
+        args.settings = {key.replace("_", "-"): value for key, value in settings.items()}
+        return _should_pull(args)
+
+    assert not pulls("create", "p", "c.yaml", "p.yaml")
+    assert pulls("create", "p", "c.yaml", "p.yaml", pull_image_on_create=True)
+    assert not pulls("create", "--no-pull", "p", "c.yaml", "p.yaml", pull_image_on_create=True)
+    assert pulls("run", "c.yaml", "p.yaml")
+    assert not pulls("run", "c.yaml", "p.yaml", disable_pull_on_run=True)
+    assert pulls("run", "--with-pull", "c.yaml", "p.yaml", disable_pull_on_run=True)

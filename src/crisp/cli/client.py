@@ -139,7 +139,7 @@ def _main(argv: list[str] | None) -> int:
             print("crispctl: " + " ".join(str(error).split()), file=sys.stderr)
             return 2
     config = config_path(args.config_file)
-    settings = load_crictl_config(config)
+    settings = args.settings = load_crictl_config(config)
     if args.timeout is None:
         configured = settings.get("timeout")
         args.timeout = float(configured) if isinstance(configured, int | float) and \

@@ -127,12 +127,24 @@ def add_container_commands(commands: Any) -> None:
 
 
 def _pull_options(parser: argparse.ArgumentParser, default: bool = False) -> None:
+    """--with-pull/--no-pull; without either, crictl.yaml's pull-image-on-create (create) or
+    disable-pull-on-run (run) decides, as for crictl."""
+    setting = "disable-pull-on-run" if default else "pull-image-on-create"
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--with-pull", dest="pull", action="store_true", default=default,
+    group.add_argument("--with-pull", dest="pull", action="store_true", default=None,
                        help="pull the image first if it is missing" +
-                       (" (the default)" if default else ""))
+                       (f" (the default unless {setting} is true in crictl.yaml)" if default
+                        else f" (the default when {setting} is true in crictl.yaml)"))
     group.add_argument("--no-pull", dest="pull", action="store_false",
                        help="never pull the image")
+    parser.set_defaults(pull_setting=setting)
+
+
+def _should_pull(args: argparse.Namespace) -> bool:
+    if args.pull is not None:
+        return bool(args.pull)
+    configured = getattr(args, "settings", {}).get(args.pull_setting) is True
+    return not configured if args.pull_setting == "disable-pull-on-run" else configured
 
 
 def _watch_options(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +175,7 @@ def _ensure_image(channel: grpc.Channel, image: str, sandbox: cri_pb2.PodSandbox
 def _create(channel: grpc.Channel, args: argparse.Namespace, pod_id: str,
             sandbox: cri_pb2.PodSandboxConfig) -> str:
     config = load_message(args.container_config, cri_pb2.ContainerConfig())
-    if args.pull and config.image.image:
+    if _should_pull(args) and config.image.image:
         _ensure_image(channel, config.image.image, sandbox, args.timeout)
     response = _runtime(channel).CreateContainer(cri_pb2.CreateContainerRequest(
         pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox),
