@@ -6,21 +6,32 @@ that every failure is one line with the gRPC code, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
+import os
+import pty
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from google.protobuf import json_format
 
+from crisp.api import cri_pb2, cri_pb2_grpc
+from tests.support import image_builder as ib
 from tests.support.daemon import checkout_env
 from tests.support.pods import PodsEnv, pods_environment, wait_for
+from tests.support.registry import FlakyProxy
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +297,157 @@ def test_stats_watch_refreshes(env: PodsEnv) -> None:
     out, err = watcher.communicate(timeout=10)
     assert "Traceback" not in err
     assert out.count('"stats"') >= 2
+
+
+def test_verbose_listings_and_crictl_list_flags(env: PodsEnv, tmp_path: Path) -> None:
+    pod_file, container_file = write_configs(
+        env, tmp_path, "ctl-verbose", ["sh", "-c", "exit 0"])
+    document = yaml.safe_load(container_file.read_text())
+    document["labels"] = {"tier": "web"}
+    document["annotations"] = {"note": "hello"}
+    container_file.write_text(yaml.safe_dump(document))
+    container_id = ctl(env, "run", str(container_file), str(pod_file)).stdout.strip()
+    try:
+        env.wait_exited(container_id)
+        pod_id = ctl(env, "pods", "-q", "--name", "^ctl-verbose$").stdout.strip()
+        # --latest and --last look at every state, as crictl's do; plain ps only running ones
+        assert container_id not in ctl(env, "ps", "-q").stdout.split()
+        assert ctl(env, "ps", "-q", "-l").stdout.split() == [container_id]
+        assert container_id in ctl(env, "ps", "-q", "-n", "5").stdout.split()
+        assert ctl(env, "ps", "-aq", "--namespace", "^test$", "--pod", pod_id).stdout.split() \
+            == [container_id]
+        assert ctl(env, "ps", "-aq", "--namespace", "^other$").stdout == ""
+        resolved = ctl(env, "ps", "-a", "-r", "--no-trunc", "--id", container_id).stdout
+        assert "sha256:" in resolved.splitlines()[1]
+
+        verbose = ctl(env, "ps", "-a", "-v", "--id", container_id).stdout
+        lines = verbose.splitlines()
+        assert f"ID: {container_id}" in lines and f"PodID: {pod_id}" in lines
+        assert "PodName: ctl-verbose" in lines and "State: CONTAINER_EXITED" in lines
+        assert f"Image: {env.busybox}" in lines
+        assert any(line.startswith("ImageRef: ") and len(line) > 20 for line in lines)
+        assert lines[lines.index("Labels:") + 1] == "\ttier -> web"
+        assert "\tnote -> hello" in lines[lines.index("Annotations:"):]
+
+        pods = ctl(env, "pods", "-v", "--id", pod_id).stdout.splitlines()
+        assert f"ID: {pod_id}" in pods and "Namespace: test" in pods
+        assert "Status: SANDBOX_READY" in pods and "\tapp -> ctl-verbose" in pods
+        assert ctl(env, "pods", "-q", "-n", "1").stdout.split() == \
+            ctl(env, "pods", "-q", "--latest").stdout.split()
+
+        images = ctl(env, "images", "-v", "-f", env.busybox).stdout.splitlines()
+        assert f"RepoTags: {env.busybox}" in images and "Pinned: false" in images
+        assert any(line.startswith("ID: sha256:") for line in images)
+        assert any(line.startswith("Size: ") for line in images)
+    finally:
+        for pod in ctl(env, "pods", "-q", "--name", "ctl-verbose").stdout.split():
+            ctl(env, "rmp", "-f", pod)
+
+
+def progress_image() -> ib.Image:
+    """Two uncompressed layers of 1.5 MB each, random so no other test shares them."""
+    return ib.build_image([
+        ib.make_layer(ib.LayerBuilder().file(name, os.urandom(1_500_000)), compression="none")
+        for name in ("one", "two")])
+
+
+async def run_crispctl(env: PodsEnv, *args: str, tty: bool = False) -> tuple[int, str, str]:
+    """crispctl in a subprocess the test's event loop (which runs the proxy) does not wait
+    for; with ``tty`` its stderr is a terminal."""
+    command = [sys.executable, "-m", "crisp.cli.client", "-r", str(env.daemon.socket), *args]
+    if not tty:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=checkout_env())
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+        return process.returncode or 0, out.decode(), err.decode()
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=terminal,
+        env={**checkout_env(), "TERM": "xterm"})
+    os.close(terminal)
+    screen = bytearray()
+    loop = asyncio.get_running_loop()
+    reading = loop.run_in_executor(None, _drain, controller, screen)
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    await reading
+    os.close(controller)
+    return process.returncode or 0, out.decode(), screen.decode(errors="replace")
+
+
+def _drain(fd: int, into: bytearray) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the terminal's other end closed
+            return
+        if not chunk:
+            return
+        into.extend(chunk)
+
+
+async def test_pull_shows_layer_progress(env: PodsEnv) -> None:
+    image = progress_image()
+    ib.push_image(env.registry, "test/progress", "1", image)
+    proxy = FlakyProxy(env.registry, drops=0)
+    proxy.throttle = 0.02  # about 3 MB/s: each pull takes a second or two
+    await proxy.start()
+    reference = f"{proxy.host}/test/progress:1"
+    digests = [layer.digest.removeprefix("sha256:")[:12] for layer in image.layers]
+    try:
+        # not a terminal: plain lines, fed by WatchPull as the layers download
+        code, out, err = await run_crispctl(env, "pull", reference)
+        assert code == 0, err
+        assert out == f"Image is up to date for {image.id}\n"
+        lines = err.splitlines()
+        assert lines[0] == f"Pulling {reference}" and lines[-1].startswith(f"Pulled {reference}")
+        for digest in digests:
+            assert any(line.startswith(f"{digest}: downloading ") for line in lines), err
+            assert f"{digest}: done 1.5MB/1.5MB" in lines, err
+        assert "\x1b" not in err  # no terminal codes in a log
+
+        # on a terminal: rich's live bars, a row per layer
+        assert (await run_crispctl(env, "rmi", reference))[0] == 0
+        code, out, screen = await run_crispctl(env, "pull", reference, tty=True)
+        assert code == 0, screen
+        assert out == f"Image is up to date for {image.id}\n"
+        assert "\x1b[" in screen and "━" in screen, screen
+        for digest in digests:
+            assert digest in screen and "1.5/1.5 MB" in screen, screen
+        assert "Traceback" not in screen
+
+        # a pull that fails prints its one error line and no progress
+        for missing, code_name in ((f"{proxy.host}/test/absent:1", "NOT_FOUND"),
+                                   ("Bad//Reference", "INVALID_ARGUMENT")):
+            code, out, err = await run_crispctl(env, "pull", missing)
+            assert code == 1 and out == ""
+            [line] = err.splitlines()
+            assert code_name in line, line
+    finally:
+        await proxy.stop()
+        await run_crispctl(env, "rmi", reference)
+
+
+def test_pull_from_a_runtime_without_progress(tmp_path: Path) -> None:
+    """Another CRI runtime has no WatchPull: the pull shows its start and end lines only."""
+
+    class Images(cri_pb2_grpc.ImageServiceServicer):  # type: ignore[misc]
+        def PullImage(self, request: Any, context: Any) -> Any:
+            time.sleep(0.5)
+            return cri_pb2.PullImageResponse(image_ref="sha256:" + "ab" * 32)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(Images(), server)
+    socket = tmp_path / "other.sock"
+    server.add_insecure_port(f"unix://{socket}")
+    server.start()
+    try:
+        result = crispctl(socket, "pull", "example.com/app:1")
+    finally:
+        server.stop(0)
+    assert result.stdout == f"Image is up to date for sha256:{'ab' * 32}\n"
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Pulling example.com/app:1" and lines[1].startswith(
+        "Pulled example.com/app:1 in "), result.stderr
+    assert len(lines) == 2

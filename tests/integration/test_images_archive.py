@@ -242,10 +242,9 @@ async def test_bad_archives_are_refused(daemons: tuple[Daemon, Daemon], tmp_path
     assert list(one.images.content.ingest_dir.iterdir()) == []
 
 
-async def test_pull_progress_is_visible(daemons: tuple[Daemon, Daemon]) -> None:
-    one, _ = daemons
-    release = asyncio.Event()
-    image = ib.busybox_image()
+async def stalling_registry(image: ib.Image, release: asyncio.Event
+                            ) -> tuple[asyncio.Server, int]:
+    """A registry serving ``image`` whose layer stops after 1000 bytes until ``release``."""
     layer = image.layers[0]
 
     async def slow_registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -271,7 +270,15 @@ async def test_pull_progress_is_visible(daemons: tuple[Daemon, Daemon]) -> None:
 
     from tests.support.registry import free_port
     port = free_port()
-    server = await asyncio.start_server(slow_registry, "127.0.0.1", port)
+    return await asyncio.start_server(slow_registry, "127.0.0.1", port), port
+
+
+async def test_pull_progress_is_visible(daemons: tuple[Daemon, Daemon]) -> None:
+    one, _ = daemons
+    release = asyncio.Event()
+    image = ib.busybox_image()
+    layer = image.layers[0]
+    server, port = await stalling_registry(image, release)
     try:
         pull = asyncio.create_task(one.images.pull(f"127.0.0.1:{port}/slow/busybox:1"))
         from crisp.api import crisp_images_pb2
@@ -294,6 +301,51 @@ async def test_pull_progress_is_visible(daemons: tuple[Daemon, Daemon]) -> None:
             assert (await pull).id == image.id
             done = await stub.PullProgress(crisp_images_pb2.PullProgressRequest())
             assert list(done.pulls) == []
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_watch_pull_streams_one_pull_until_it_ends(daemons: tuple[Daemon, Daemon]) -> None:
+    one, _ = daemons
+    release = asyncio.Event()
+    image = ib.busybox_image(ib.ImageConfig(env=["WATCHED=1"]))  # a config no other pull has
+    layer = image.layers[0]
+    server, port = await stalling_registry(image, release)
+    reference = f"127.0.0.1:{port}/watched/busybox:1"
+    from crisp.api import crisp_images_pb2
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{one.socket}") as channel:
+            stub = crisp_images_pb2_grpc.ImagesStub(channel)
+            with pytest.raises(grpc.RpcError, match="needs reference"):
+                async for _ in stub.WatchPull(crisp_images_pb2.WatchPullRequest()):
+                    pass
+            # the watch starts first and waits for its pull; another pull's stream stays quiet
+            watch = stub.WatchPull(crisp_images_pb2.WatchPullRequest(reference=reference))
+            other = stub.WatchPull(crisp_images_pb2.WatchPullRequest(
+                reference=f"127.0.0.1:{port}/other/busybox:1"))
+            await asyncio.sleep(0.3)
+            pull = asyncio.create_task(one.images.pull(reference))
+            messages = []
+            async with asyncio.timeout(30):  # the stream ends by itself after the pull
+                async for message in watch:
+                    messages.append(message)
+                    if message.layers and message.layers[0].done_bytes >= 1000:
+                        release.set()
+            assert (await pull).id == image.id
+            assert {m.reference for m in messages} == {reference}
+            stalled = [m.layers[0] for m in messages if m.layers
+                       and m.layers[0].state == "downloading"]
+            assert stalled and stalled[0].digest == layer.digest
+            assert stalled[0].total_bytes == len(layer.data)
+            assert 1000 <= stalled[0].done_bytes < len(layer.data)
+            done = [m.layers[0].done_bytes for m in messages if m.layers]
+            assert done == sorted(done)  # it only moves forward
+            other.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                async for _ in other:
+                    raise AssertionError("a watch of another image saw this pull")
     finally:
         release.set()
         server.close()

@@ -57,6 +57,8 @@ def test_image_filters() -> None:
     images = [old, dangling, new]
     assert _image_filter(["dangling=true"], images) == [dangling]
     assert _image_filter(["reference=*/pause"], images) == [new]
+    assert _image_filter(["reference=^r\\.io/x/pa.se:3$"], images) == [new]  # crictl's regex
+    assert _image_filter(["reference=busybox"], images) == [old, dangling]
     assert _image_filter(["since=r.io/x/busybox:1"], images) == [dangling, new]
     assert _image_filter(["before=ccc"], images) == [old, dangling]
     for bad in ("color=red", "dangling=maybe", "before=missing"):

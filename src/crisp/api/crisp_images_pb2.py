@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63risp/api/crisp_images.proto\x12\x0f\x63risp.images.v1\"L\n\rImportRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1d.crisp.images.v1.ImportHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x82\x01\n\x0cImportHeader\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".crisp.images.v1.ImportHeader.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tbase_name\x18\x03 \x01(\t\"\x1f\n\x04Kind\x12\x0b\n\x07\x41RCHIVE\x10\x00\x12\n\n\x06ROOTFS\x10\x01\"D\n\rImportedImage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\trepo_tags\x18\x02 \x03(\t\x12\x14\n\x0crepo_digests\x18\x03 \x03(\t\"@\n\x0eImportResponse\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.crisp.images.v1.ImportedImage\"#\n\rExportRequest\x12\x12\n\nreferences\x18\x01 \x03(\t\"\x1e\n\x0e\x45xportResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x15\n\x13PullProgressRequest\"W\n\rLayerProgress\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x12\n\ndone_bytes\x18\x03 \x01(\x03\x12\r\n\x05state\x18\x04 \x01(\t\"b\n\x0cPullProgress\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12.\n\x06layers\x18\x03 \x03(\x0b\x32\x1e.crisp.images.v1.LayerProgress\"D\n\x14PullProgressResponse\x12,\n\x05pulls\x18\x01 \x03(\x0b\x32\x1d.crisp.images.v1.PullProgress2\x85\x02\n\x06Images\x12M\n\x06Import\x12\x1e.crisp.images.v1.ImportRequest\x1a\x1f.crisp.images.v1.ImportResponse\"\x00(\x01\x12M\n\x06\x45xport\x12\x1e.crisp.images.v1.ExportRequest\x1a\x1f.crisp.images.v1.ExportResponse\"\x00\x30\x01\x12]\n\x0cPullProgress\x12$.crisp.images.v1.PullProgressRequest\x1a%.crisp.images.v1.PullProgressResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63risp/api/crisp_images.proto\x12\x0f\x63risp.images.v1\"L\n\rImportRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1d.crisp.images.v1.ImportHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x82\x01\n\x0cImportHeader\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".crisp.images.v1.ImportHeader.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tbase_name\x18\x03 \x01(\t\"\x1f\n\x04Kind\x12\x0b\n\x07\x41RCHIVE\x10\x00\x12\n\n\x06ROOTFS\x10\x01\"D\n\rImportedImage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\trepo_tags\x18\x02 \x03(\t\x12\x14\n\x0crepo_digests\x18\x03 \x03(\t\"@\n\x0eImportResponse\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.crisp.images.v1.ImportedImage\"#\n\rExportRequest\x12\x12\n\nreferences\x18\x01 \x03(\t\"\x1e\n\x0e\x45xportResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x15\n\x13PullProgressRequest\"%\n\x10WatchPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\"W\n\rLayerProgress\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x12\n\ndone_bytes\x18\x03 \x01(\x03\x12\r\n\x05state\x18\x04 \x01(\t\"b\n\x0cPullProgress\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12.\n\x06layers\x18\x03 \x03(\x0b\x32\x1e.crisp.images.v1.LayerProgress\"D\n\x14PullProgressResponse\x12,\n\x05pulls\x18\x01 \x03(\x0b\x32\x1d.crisp.images.v1.PullProgress2\xd8\x02\n\x06Images\x12M\n\x06Import\x12\x1e.crisp.images.v1.ImportRequest\x1a\x1f.crisp.images.v1.ImportResponse\"\x00(\x01\x12M\n\x06\x45xport\x12\x1e.crisp.images.v1.ExportRequest\x1a\x1f.crisp.images.v1.ExportResponse\"\x00\x30\x01\x12]\n\x0cPullProgress\x12$.crisp.images.v1.PullProgressRequest\x1a%.crisp.images.v1.PullProgressResponse\"\x00\x12Q\n\tWatchPull\x12!.crisp.images.v1.WatchPullRequest\x1a\x1d.crisp.images.v1.PullProgress\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,12 +47,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTRESPONSE']._serialized_end=463
   _globals['_PULLPROGRESSREQUEST']._serialized_start=465
   _globals['_PULLPROGRESSREQUEST']._serialized_end=486
-  _globals['_LAYERPROGRESS']._serialized_start=488
-  _globals['_LAYERPROGRESS']._serialized_end=575
-  _globals['_PULLPROGRESS']._serialized_start=577
-  _globals['_PULLPROGRESS']._serialized_end=675
-  _globals['_PULLPROGRESSRESPONSE']._serialized_start=677
-  _globals['_PULLPROGRESSRESPONSE']._serialized_end=745
-  _globals['_IMAGES']._serialized_start=748
-  _globals['_IMAGES']._serialized_end=1009
+  _globals['_WATCHPULLREQUEST']._serialized_start=488
+  _globals['_WATCHPULLREQUEST']._serialized_end=525
+  _globals['_LAYERPROGRESS']._serialized_start=527
+  _globals['_LAYERPROGRESS']._serialized_end=614
+  _globals['_PULLPROGRESS']._serialized_start=616
+  _globals['_PULLPROGRESS']._serialized_end=714
+  _globals['_PULLPROGRESSRESPONSE']._serialized_start=716
+  _globals['_PULLPROGRESSRESPONSE']._serialized_end=784
+  _globals['_IMAGES']._serialized_start=787
+  _globals['_IMAGES']._serialized_end=1131
 # @@protoc_insertion_point(module_scope)

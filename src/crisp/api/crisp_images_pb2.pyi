@@ -63,6 +63,12 @@ class PullProgressRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WatchPullRequest(_message.Message):
+    __slots__ = ("reference",)
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    def __init__(self, reference: _Optional[str] = ...) -> None: ...
+
 class LayerProgress(_message.Message):
     __slots__ = ("digest", "total_bytes", "done_bytes", "state")
     DIGEST_FIELD_NUMBER: _ClassVar[int]

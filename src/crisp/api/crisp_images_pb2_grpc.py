@@ -49,6 +49,11 @@ class ImagesStub:
                 request_serializer=crisp_dot_api_dot_crisp__images__pb2.PullProgressRequest.SerializeToString,
                 response_deserializer=crisp_dot_api_dot_crisp__images__pb2.PullProgressResponse.FromString,
                 _registered_method=True)
+        self.WatchPull = channel.unary_stream(
+                '/crisp.images.v1.Images/WatchPull',
+                request_serializer=crisp_dot_api_dot_crisp__images__pb2.WatchPullRequest.SerializeToString,
+                response_deserializer=crisp_dot_api_dot_crisp__images__pb2.PullProgress.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
@@ -77,6 +82,16 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPull(self, request, context):
+        """The pull of one image as it runs: a PullProgress each time it moves (at most ten a
+        second). CRI's PullImage reports nothing until it is done, so a client calls this beside
+        it: the stream waits for that pull to start and ends soon after it ends (success or not;
+        PullImage's answer says which). A short name matches its pull from any search registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +109,11 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.PullProgress,
                     request_deserializer=crisp_dot_api_dot_crisp__images__pb2.PullProgressRequest.FromString,
                     response_serializer=crisp_dot_api_dot_crisp__images__pb2.PullProgressResponse.SerializeToString,
+            ),
+            'WatchPull': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPull,
+                    request_deserializer=crisp_dot_api_dot_crisp__images__pb2.WatchPullRequest.FromString,
+                    response_serializer=crisp_dot_api_dot_crisp__images__pb2.PullProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +197,33 @@ class Images:
             '/crisp.images.v1.Images/PullProgress',
             crisp_dot_api_dot_crisp__images__pb2.PullProgressRequest.SerializeToString,
             crisp_dot_api_dot_crisp__images__pb2.PullProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crisp.images.v1.Images/WatchPull',
+            crisp_dot_api_dot_crisp__images__pb2.WatchPullRequest.SerializeToString,
+            crisp_dot_api_dot_crisp__images__pb2.PullProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,13 +6,21 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
 
 from crisp.api import cri_pb2, cri_pb2_grpc
+from crisp.cli.completion import add_completion_command
+from crisp.cli.config_commands import add_config_command
 from crisp.cli.container_commands import add_container_commands
-from crisp.cli.endpoint import resolve_endpoint
+from crisp.cli.endpoint import (
+    config_path,
+    load_crictl_config,
+    resolve_endpoint,
+    resolve_image_endpoint,
+)
 from crisp.cli.images_commands import add_image_commands
 from crisp.cli.output import UsageError, add_output_option, emit, to_dict
 from crisp.cli.pod_commands import add_pod_commands
@@ -20,10 +28,20 @@ from crisp.cli.runtime_commands import add_runtime_commands
 from crisp.cli.stream_commands import add_stream_commands
 
 Command = Callable[[grpc.Channel, argparse.Namespace], int]
+LocalCommand = Callable[[argparse.Namespace], int]
+DEFAULT_TIMEOUT = 10.0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (what is wrong, where to read more), as every
+    other crispctl error is; subcommand parsers inherit this class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crispctl", description="Talk CRI to crisp.")
+    parser = Parser(prog="crispctl", description="Talk CRI to crisp.")
     parser.add_argument(
         "-r",
         "--runtime-endpoint",
@@ -32,14 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
         "/etc/crictl.yaml, else unix:///run/crisp/crisp.sock)",
     )
     parser.add_argument(
+        "-i",
+        "--image-endpoint",
+        metavar="ENDPOINT",
+        help="CRI image socket (default: $IMAGE_SERVICE_ENDPOINT, else image-endpoint in "
+        "/etc/crictl.yaml, else the runtime endpoint)",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="client config file (default: $CRI_CONFIG_FILE, else /etc/crictl.yaml)",
+    )
+    parser.add_argument(
         "-t",
         "--timeout",
         type=float,
-        default=10.0,
         metavar="SECONDS",
-        help="how long to wait for an answer (default 10)",
+        help="how long to wait for an answer (default: timeout in /etc/crictl.yaml, else 10)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument(
+        "-D", "--debug", action="store_true", help="say which endpoint each command talks to"
+    )
+    commands: Any = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     version = commands.add_parser("version", help="the runtime's name and versions")
     add_output_option(version)
     version.set_defaults(run=_version)
@@ -51,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_container_commands(commands)
     add_runtime_commands(commands)
     add_stream_commands(commands)
+    add_config_command(commands)
+    add_completion_command(commands, parser)
     return parser
 
 
@@ -95,7 +131,25 @@ def error_line(target: str, error: grpc.RpcError) -> str:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    target = resolve_endpoint(args.runtime_endpoint)
+    local: LocalCommand | None = getattr(args, "run_local", None)
+    if local is not None:
+        try:
+            return local(args)
+        except UsageError as error:
+            print("crispctl: " + " ".join(str(error).split()), file=sys.stderr)
+            return 2
+    config = config_path(args.config_file)
+    settings = args.settings = load_crictl_config(config)
+    if args.timeout is None:
+        configured = settings.get("timeout")
+        args.timeout = float(configured) if isinstance(configured, int | float) and \
+            configured > 0 else DEFAULT_TIMEOUT
+    args.debug = args.debug or settings.get("debug") is True
+    args.runtime_target = resolve_endpoint(args.runtime_endpoint, config)
+    args.image_target = resolve_image_endpoint(args.image_endpoint, args.runtime_target, config)
+    target = args.image_target if getattr(args, "image_service", False) else args.runtime_target
+    if args.debug:
+        print(f"crispctl: {args.command} talks to {target}", file=sys.stderr)
     run: Command = args.run
     with grpc.insecure_channel(target) as channel:
         try:

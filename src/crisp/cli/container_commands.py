@@ -18,6 +18,7 @@ from crisp.cli.output import (
     UsageError,
     add_output_option,
     ago,
+    describe,
     emit,
     enum_name,
     load_message,
@@ -67,10 +68,18 @@ def add_container_commands(commands: Any) -> None:
     ps.add_argument("--image", default="", help="only containers of this image")
     ps.add_argument("--label", action="append", metavar="KEY=VALUE",
                     help="only containers with this label (repeatable)")
+    ps.add_argument("--namespace", default="",
+                    help="only containers whose pod's namespace matches this regex")
     ps.add_argument("-q", "--quiet", action="store_true", help="only container ids")
-    ps.add_argument("-l", "--latest", action="store_true", help="only the newest container")
-    ps.add_argument("--last", type=int, default=0, metavar="N", help="only the N newest")
+    ps.add_argument("-l", "--latest", action="store_true",
+                    help="only the newest container (in any state)")
+    ps.add_argument("-n", "--last", type=int, default=0, metavar="N",
+                    help="only the N newest (in any state)")
     ps.add_argument("--no-trunc", action="store_true", help="full ids")
+    ps.add_argument("-r", "--resolve-image-path", action="store_true",
+                    help="show the image reference the container runs (its digest)")
+    ps.add_argument("-v", "--verbose", action="store_true",
+                    help="each container's details: ids, image, labels, annotations")
     add_output_option(ps)
     ps.set_defaults(run=list_containers)
 
@@ -118,12 +127,24 @@ def add_container_commands(commands: Any) -> None:
 
 
 def _pull_options(parser: argparse.ArgumentParser, default: bool = False) -> None:
+    """--with-pull/--no-pull; without either, crictl.yaml's pull-image-on-create (create) or
+    disable-pull-on-run (run) decides, as for crictl."""
+    setting = "disable-pull-on-run" if default else "pull-image-on-create"
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--with-pull", dest="pull", action="store_true", default=default,
+    group.add_argument("--with-pull", dest="pull", action="store_true", default=None,
                        help="pull the image first if it is missing" +
-                       (" (the default)" if default else ""))
+                       (f" (the default unless {setting} is true in crictl.yaml)" if default
+                        else f" (the default when {setting} is true in crictl.yaml)"))
     group.add_argument("--no-pull", dest="pull", action="store_false",
                        help="never pull the image")
+    parser.set_defaults(pull_setting=setting)
+
+
+def _should_pull(args: argparse.Namespace) -> bool:
+    if args.pull is not None:
+        return bool(args.pull)
+    configured = getattr(args, "settings", {}).get(args.pull_setting) is True
+    return not configured if args.pull_setting == "disable-pull-on-run" else configured
 
 
 def _watch_options(parser: argparse.ArgumentParser) -> None:
@@ -154,7 +175,7 @@ def _ensure_image(channel: grpc.Channel, image: str, sandbox: cri_pb2.PodSandbox
 def _create(channel: grpc.Channel, args: argparse.Namespace, pod_id: str,
             sandbox: cri_pb2.PodSandboxConfig) -> str:
     config = load_message(args.container_config, cri_pb2.ContainerConfig())
-    if args.pull and config.image.image:
+    if _should_pull(args) and config.image.image:
         _ensure_image(channel, config.image.image, sandbox, args.timeout)
     response = _runtime(channel).CreateContainer(cri_pb2.CreateContainerRequest(
         pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox),
@@ -230,20 +251,27 @@ def list_containers(channel: grpc.Channel, args: argparse.Namespace) -> int:
     request = cri_pb2.ListContainersRequest()
     request.filter.id = args.id
     request.filter.pod_sandbox_id = args.pod
+    last = 1 if args.latest else args.last
     if args.state:
         request.filter.state.state = STATES[args.state]
-    elif not args.all:
+    elif not args.all and not last:  # as crictl: --last and --latest look at every state
         request.filter.state.state = cri_pb2.CONTAINER_RUNNING
     request.filter.label_selector.update(parse_labels(args.label))
     try:
-        name = re.compile(args.name)
+        name, namespace = re.compile(args.name), re.compile(args.namespace)
     except re.error as error:
-        raise UsageError(f"--name is not a regular expression: {error}") from None
+        raise UsageError(f"--name/--namespace is not a regular expression: {error}") from None
     items = [c for c in runtime.ListContainers(request, timeout=args.timeout).containers
              if name.search(c.metadata.name)
              and (not args.image or args.image in (c.image.image, c.image_ref))]
+    pods: dict[str, cri_pb2.PodSandbox] = {}
+    if args.namespace or (args.output == "table" and not args.quiet):
+        pods = {pod.id: pod for pod in runtime.ListPodSandbox(
+            cri_pb2.ListPodSandboxRequest(), timeout=args.timeout).items}
+    if args.namespace:
+        items = [c for c in items if c.pod_sandbox_id in pods
+                 and namespace.search(pods[c.pod_sandbox_id].metadata.namespace)]
     items.sort(key=lambda c: c.created_at, reverse=True)
-    last = 1 if args.latest else args.last
     if last:
         items = items[:last]
     if args.quiet:
@@ -253,16 +281,34 @@ def list_containers(channel: grpc.Channel, args: argparse.Namespace) -> int:
     if args.output != "table":
         emit({"containers": [to_dict(c) for c in items]}, args.output)
         return 0
-    pods = {pod.id: pod.metadata.name for pod in
-            runtime.ListPodSandbox(cri_pb2.ListPodSandboxRequest(), timeout=args.timeout).items}
+    if args.verbose:
+        for container in items:
+            _describe_container(container, pods.get(container.pod_sandbox_id))
+        return 0
     trim = (lambda text: text) if args.no_trunc else short_id
+
+    def image(c: cri_pb2.Container) -> str:
+        shown = c.image_ref if args.resolve_image_path and c.image_ref else c.image.image
+        return trim(shown) if shown.startswith("sha256:") else shown
+
     table(("CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID", "POD"), (
-        (trim(c.id), c.image.image if not c.image.image.startswith("sha256:")
-         else trim(c.image.image), ago(c.created_at),
+        (trim(c.id), image(c), ago(c.created_at),
          enum_name(cri_pb2.ContainerState.Name(c.state), "CONTAINER_"), c.metadata.name,
-         str(c.metadata.attempt), trim(c.pod_sandbox_id), pods.get(c.pod_sandbox_id, ""))
+         str(c.metadata.attempt), trim(c.pod_sandbox_id),
+         pods[c.pod_sandbox_id].metadata.name if c.pod_sandbox_id in pods else "")
         for c in items))
     return 0
+
+
+def _describe_container(c: cri_pb2.Container, pod: cri_pb2.PodSandbox | None) -> None:
+    describe([
+        ("ID", c.id), ("PodID", c.pod_sandbox_id),
+        *([("PodName", pod.metadata.name), ("PodNamespace", pod.metadata.namespace)]
+          if pod is not None else []),
+        ("Name", c.metadata.name), ("Attempt", str(c.metadata.attempt)),
+        ("State", cri_pb2.ContainerState.Name(c.state)), ("Image", c.image.image),
+        ("ImageRef", c.image_ref), ("Created", ago(c.created_at)),
+    ], [("Labels", c.labels), ("Annotations", c.annotations)])
 
 
 def inspect_containers(channel: grpc.Channel, args: argparse.Namespace) -> int:

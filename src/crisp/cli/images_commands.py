@@ -8,12 +8,11 @@ writes crisp's store. See docs/images.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import os
+import re
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,15 @@ from typing import Any
 import grpc
 
 from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
-from crisp.cli.output import UsageError, add_output_option, emit, to_dict, with_info
+from crisp.cli.output import (
+    UsageError,
+    add_output_option,
+    describe,
+    emit,
+    to_dict,
+    with_info,
+)
+from crisp.cli.pull_progress import show_pull
 
 CHUNK = 1 << 20
 
@@ -29,14 +36,16 @@ CHUNK = 1 << 20
 def add_image_commands(commands: Any) -> None:
     """Add the image commands to crispctl's subparsers (``parser.add_subparsers()``)."""
     images = commands.add_parser("images", help="list images, or import/export archives")
-    images.set_defaults(run=list_images)
+    images.set_defaults(run=list_images, image_service=True)
     images.add_argument("-q", "--quiet", action="store_true", help="only image ids")
-    images.add_argument("--filter", action="append", metavar="FILTER",
-                        help="REF, reference=GLOB, dangling=true|false, before=REF or "
+    images.add_argument("-f", "--filter", action="append", metavar="FILTER",
+                        help="REF, reference=GLOB or REGEX, dangling=true|false, before=REF or "
                         "since=REF (repeatable; all must hold)")
     images.add_argument("--digests", action="store_true", help="show the DIGEST column")
     images.add_argument("--no-trunc", action="store_true", help="full image ids")
     images.add_argument("--pinned", action="store_true", help="show the PINNED column")
+    images.add_argument("-v", "--verbose", action="store_true",
+                        help="each image's details: id, names, digests, size, user, pinned")
     add_output_option(images)
     sub = images.add_subparsers(dest="images_command", metavar="SUBCOMMAND")
     importer = sub.add_parser(
@@ -47,30 +56,30 @@ def add_image_commands(commands: Any) -> None:
                           help="make a one-layer image of the directory SOURCE (docker import)")
     importer.add_argument("--base-name", default="",
                           help="repository for archive images that carry only a tag")
-    importer.set_defaults(run=import_images)
+    importer.set_defaults(run=import_images, image_service=True)
     exporter = sub.add_parser("export", help="write images to an archive (OCI layout and "
                                              "docker-save in one)")
     exporter.add_argument("references", nargs="+", metavar="REF")
     exporter.add_argument("-o", "--output", required=True, help="archive file to write (- for "
                                                                 "stdout)")
-    exporter.set_defaults(run=export_images)
+    exporter.set_defaults(run=export_images, image_service=True)
 
     pull = commands.add_parser("pull", help="pull an image")
     pull.add_argument("reference")
     pull.add_argument("--creds", help="USERNAME[:PASSWORD] for the registry")
     pull.add_argument("--auth", help="base64 of USERNAME:PASSWORD")
-    pull.set_defaults(run=pull_image)
+    pull.set_defaults(run=pull_image, image_service=True)
     rmi = commands.add_parser("rmi", help="remove images with all their tags")
     rmi.add_argument("references", nargs="*", metavar="REF")
     rmi.add_argument("-a", "--all", action="store_true",
                      help="remove every image except pinned ones")
     rmi.add_argument("-q", "--prune", action="store_true",
                      help="remove every image no container uses, except pinned ones")
-    rmi.set_defaults(run=remove_images)
+    rmi.set_defaults(run=remove_images, image_service=True)
     inspect = commands.add_parser("inspecti", help="an image's status and config as JSON")
     inspect.add_argument("references", nargs="+", metavar="REF")
     add_output_option(inspect, table=False)
-    inspect.set_defaults(run=inspect_image)
+    inspect.set_defaults(run=inspect_image, image_service=True)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -99,8 +108,14 @@ def _image_filter(filters: list[str] | None,
         if not separator:
             continue  # a bare reference: ListImages filtered it already
         if key == "reference":
+            # crictl takes a regular expression; docker and ctr users write globs: take both
+            try:
+                pattern: re.Pattern[str] | None = re.compile(value)
+            except re.error:
+                pattern = None
             selected = [i for i in selected if any(
                 fnmatch.fnmatch(name, value) or fnmatch.fnmatch(name.rpartition(":")[0], value)
+                or (pattern is not None and pattern.search(name) is not None)
                 for name in (*i.repo_tags, *i.repo_digests))]
         elif key == "dangling":
             if value not in ("true", "false"):
@@ -137,6 +152,16 @@ def list_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
     if args.output != "table":
         emit({"images": [to_dict(image) for image in images]}, args.output)
         return 0
+    if args.verbose:
+        for image in images:
+            user = image.username or (str(image.uid.value) if image.HasField("uid") else "")
+            describe([
+                ("ID", image.id), *(("RepoTags", tag) for tag in image.repo_tags),
+                *(("RepoDigests", digest) for digest in image.repo_digests),
+                ("Size", str(image.size)), *([("Username", user)] if user else []),
+                ("Pinned", str(image.pinned).lower()),
+            ], [])
+        return 0
     header = ["IMAGE", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "SIZE",
               *(["PINNED"] if args.pinned else [])]
     rows = [tuple(header)]
@@ -169,17 +194,8 @@ def pull_image(channel: grpc.Channel, args: argparse.Namespace) -> int:
         request.auth.password = password
     if args.auth:
         request.auth.auth = args.auth
-    # CRI's PullImage is one unary call with no progress; on a terminal show that it is alive.
     call = stub.PullImage.future(request)
-    started = time.monotonic()
-    while not call.done():
-        if sys.stderr.isatty():
-            print(f"\rPulling {args.reference} ({time.monotonic() - started:.0f}s)", end="",
-                  file=sys.stderr, flush=True)
-        with contextlib.suppress(grpc.FutureTimeoutError):
-            call.result(timeout=0.5)
-    if sys.stderr.isatty():
-        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+    show_pull(channel, args.reference, call)
     response = call.result()
     print(f"Image is up to date for {response.image_ref}")
     return 0
@@ -193,8 +209,10 @@ def remove_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
     if args.all or args.prune:
         used: set[str] = set()
         if args.prune:
-            containers = cri_pb2_grpc.RuntimeServiceStub(channel).ListContainers(
-                cri_pb2.ListContainersRequest(), timeout=args.timeout).containers
+            # which images containers use is the runtime's to say, at its own endpoint
+            with grpc.insecure_channel(args.runtime_target) as runtime:
+                containers = cri_pb2_grpc.RuntimeServiceStub(runtime).ListContainers(
+                    cri_pb2.ListContainersRequest(), timeout=args.timeout).containers
             used = {c.image_ref for c in containers} | {c.image.image for c in containers}
         for image in stub.ListImages(cri_pb2.ListImagesRequest(), timeout=args.timeout).images:
             if image.pinned:

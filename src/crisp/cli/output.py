@@ -67,6 +67,18 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
               .rstrip())
 
 
+def describe(fields: list[tuple[str, str]], maps: list[tuple[str, Mapping[str, str]]]) -> None:
+    """One object as crictl's -v prints it: "Key: value" lines, then sorted maps, a blank."""
+    for key, value in fields:
+        print(f"{key}: {value}")
+    for title, entries in maps:
+        if entries:
+            print(f"{title}:")
+            for key in sorted(entries):
+                print(f"\t{key} -> {entries[key]}")
+    print()
+
+
 def ago(nanoseconds: int, now: float | None = None) -> str:
     """A CRI timestamp (ns since the epoch) as "5 minutes ago", like crictl's CREATED."""
     if not nanoseconds:

@@ -14,6 +14,7 @@ from crisp.cli.output import (
     UsageError,
     add_output_option,
     ago,
+    describe,
     emit,
     load_message,
     parse_labels,
@@ -54,8 +55,11 @@ def add_pod_commands(commands: Any) -> None:
                       help="only pods with this label (repeatable)")
     pods.add_argument("-q", "--quiet", action="store_true", help="only pod ids")
     pods.add_argument("-l", "--latest", action="store_true", help="only the newest pod")
-    pods.add_argument("--last", type=int, default=0, metavar="N", help="only the N newest")
+    pods.add_argument("-n", "--last", type=int, default=0, metavar="N",
+                      help="only the N newest")
     pods.add_argument("--no-trunc", action="store_true", help="full ids")
+    pods.add_argument("-v", "--verbose", action="store_true",
+                      help="each pod's details: ids, state, labels, annotations")
     add_output_option(pods)
     pods.set_defaults(run=list_pods)
 
@@ -136,6 +140,16 @@ def list_pods(channel: grpc.Channel, args: argparse.Namespace) -> int:
         return 0
     if args.output != "table":
         emit({"items": [to_dict(pod) for pod in items]}, args.output)
+        return 0
+    if args.verbose:
+        for pod in items:
+            describe([
+                ("ID", pod.id), ("Name", pod.metadata.name), ("UID", pod.metadata.uid),
+                ("Namespace", pod.metadata.namespace), ("Attempt", str(pod.metadata.attempt)),
+                ("Status", cri_pb2.PodSandboxState.Name(pod.state)),
+                ("Created", ago(pod.created_at)),
+                ("RuntimeHandler", pod.runtime_handler or "(default)"),
+            ], [("Labels", pod.labels), ("Annotations", pod.annotations)])
         return 0
     table(("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"), (
         (pod.id if args.no_trunc else short_id(pod.id), ago(pod.created_at),

@@ -33,7 +33,7 @@ def add_runtime_commands(commands: Any) -> None:
 
     fsinfo = commands.add_parser("imagefsinfo", help="usage of the image filesystems")
     add_output_option(fsinfo, table=False)
-    fsinfo.set_defaults(run=image_fs_info)
+    fsinfo.set_defaults(run=image_fs_info, image_service=True)
 
 
 def pod_stats(channel: grpc.Channel, args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,14 @@ class PullProgress:
 
     def add(self, digest: str, total: int) -> LayerProgress:
         return self.layers.setdefault(digest, LayerProgress(digest, total))
+
+    def snapshot(self) -> PullProgress:
+        """A copy that the pull no longer changes, for a client to read at its own pace."""
+        return copy.deepcopy(self)
+
+    def position(self) -> tuple[tuple[str, int, str], ...]:
+        """Where the pull stands: equal positions mean nothing moved."""
+        return tuple((layer.digest, layer.done, layer.state) for layer in self.layers.values())
 
     def summary(self) -> str:
         parts = [

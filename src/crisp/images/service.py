@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 USAGE_CACHE_SECONDS = 10.0
 MIN_ID_PREFIX = 6
+# how often a pull watcher looks at its pull, and how long it waits after the pull ends
+WATCH_INTERVAL = 0.1
+WATCH_LINGER = 1.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,33 @@ class ImageService:
     def progress(self) -> builtins.list[PullProgress]:
         """The pulls running now, with per-layer progress."""
         return list(self.puller.active.values()) if self._puller is not None else []
+
+    async def watch_pull(self, reference: str, interval: float = WATCH_INTERVAL,
+                         linger: float = WATCH_LINGER) -> AsyncIterator[PullProgress]:
+        """Snapshots of the pull of ``reference``, each time it moves, until it ends.
+
+        Waits for the pull to start: a client asks for this beside PullImage, and either may
+        reach crisp first. A short name matches its pull in any search registry; the stream
+        ends ``linger`` seconds after no pull of it runs (the next search registry's pull
+        starts within that time when the first one fails).
+        """
+        names = {str(candidate) for candidate in search_candidates(
+            reference, search_registries(self.live.current.registries))}
+        last: tuple[tuple[str, int, str], ...] | None = None
+        idle_since: float | None = None
+        while True:
+            current = next((pull for pull in self.progress() if pull.reference in names), None)
+            if current is not None:
+                idle_since = None
+                position = current.position()
+                if position != last:
+                    last = position
+                    yield current.snapshot()
+            elif last is not None:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= linger:
+                    return
+            await asyncio.sleep(interval)
 
     async def status(self, reference: str) -> Image | None:
         """The image ``reference`` names (id, id prefix, name or digest ref), or None."""

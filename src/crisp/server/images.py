@@ -11,7 +11,7 @@ import grpc
 
 from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
 from crisp.errors import FailedPrecondition, InvalidArgument
-from crisp.images import Credentials, Image, ImageService
+from crisp.images import Credentials, Image, ImageService, PullProgress
 from crisp.images.service import FilesystemUsage
 from crisp.server.unimplemented import fill_unimplemented
 
@@ -173,19 +173,26 @@ class CrispImagesServicer(crisp_images_pb2_grpc.ImagesServicer):
     async def PullProgress(
         self, request: crisp_images_pb2.PullProgressRequest, context: Context
     ) -> crisp_images_pb2.PullProgressResponse:
-        now = time.monotonic()
-        return crisp_images_pb2.PullProgressResponse(pulls=[
-            crisp_images_pb2.PullProgress(
-                reference=pull.reference,
-                seconds=now - pull.started,
-                layers=[crisp_images_pb2.LayerProgress(digest=layer.digest,
-                                                       total_bytes=layer.total,
-                                                       done_bytes=layer.done, state=layer.state)
-                        for layer in pull.layers.values()],
-            )
-            for pull in self.images.progress()
-        ])
+        return crisp_images_pb2.PullProgressResponse(
+            pulls=[_progress(pull) for pull in self.images.progress()])
 
+    async def WatchPull(
+        self, request: crisp_images_pb2.WatchPullRequest, context: Context
+    ) -> AsyncIterator[crisp_images_pb2.PullProgress]:
+        if not request.reference:
+            raise InvalidArgument("WatchPull needs reference (the image PullImage is given)")
+        async for pull in self.images.watch_pull(request.reference):
+            yield _progress(pull)
+
+
+def _progress(pull: PullProgress) -> crisp_images_pb2.PullProgress:
+    return crisp_images_pb2.PullProgress(
+        reference=pull.reference,
+        seconds=time.monotonic() - pull.started,
+        layers=[crisp_images_pb2.LayerProgress(digest=layer.digest, total_bytes=layer.total,
+                                               done_bytes=layer.done, state=layer.state)
+                for layer in pull.layers.values()],
+    )
 
 fill_unimplemented(
     ImageServicer, cri_pb2_grpc.ImageServiceServicer,
