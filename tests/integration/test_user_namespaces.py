@@ -149,6 +149,34 @@ def test_pod_mode_maps_the_pod_and_its_root_owns_the_rootfs(
     assert response.stdout.split() == [b"0", str(HOST_ID).encode(), str(LENGTH).encode()]
 
 
+def test_host_paths_are_bound_unshifted(
+        env: PodsEnv, userns_pod: tuple[str, cri_pb2.PodSandboxConfig],
+        tmp_path: Path) -> None:
+    pod_id, config = userns_pod
+    os.chmod(tmp_path, 0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    (shared / "note").write_text("from the host\n")
+    os.chmod(shared / "note", 0o644)
+    owned = tmp_path / "owned"
+    owned.mkdir(mode=0o755)
+    os.chown(owned, HOST_ID, HOST_ID)  # what the pod's root owns on the host
+    container = env.container_config("volumes", ["sh", "-c", (
+        "cat /shared/note; stat -c %u /shared/note; touch /shared/x || echo refused;"
+        " touch /owned/x && stat -c %u /owned/x")])
+    container.linux.security_context.namespace_options.CopyFrom(
+        config.linux.security_context.namespace_options)
+    container.mounts.extend([
+        cri_pb2.Mount(container_path="/shared", host_path=str(shared)),
+        cri_pb2.Mount(container_path="/owned", host_path=str(owned))])
+    status = env.wait_exited(env.run_container(pod_id, container, config))
+    lines = [line.split(" ", 3)[3] for line in Path(status.log_path).read_text().splitlines()]
+    # Host root shows as the overflow id and the file is read through its "other" bits.
+    stdout = [line for line in lines if not line.startswith("touch:")]
+    assert stdout == ["from the host", "65534", "refused", "0"]
+    assert (owned / "x").stat().st_uid == HOST_ID
+
+
 def test_a_container_cannot_leave_its_pods_user_namespace(
         env: PodsEnv, userns_pod: tuple[str, cri_pb2.PodSandboxConfig]) -> None:
     pod_id, config = userns_pod
@@ -171,5 +199,6 @@ def test_removing_a_user_namespace_pod_leaves_nothing(env: PodsEnv) -> None:
     env.remove_pod(pod_id)
     assert not ns_dir.exists()
     assert not (env.daemon.base / "root" / "containers" / container_id).exists()
+    assert not (env.daemon.base / "root" / "userns" / container_id).exists()
     assert not [m for m in mounts_under(env.daemon.base) if pod_id in m or container_id in m]
     assert_no_leaks(env)
