@@ -33,6 +33,7 @@ from crisp.oci.security import (
     apparmor_profile,
     capabilities_of_mask,
     capability_name,
+    check_runtime_userns,
     check_userns,
     check_userns_support,
     container_capabilities,
@@ -43,7 +44,6 @@ from crisp.oci.security import (
     own_capabilities,
     parse_legacy_apparmor,
     plan_security,
-    runtime_supports_idmap,
     seccomp_request,
     selinux_label,
     validate_sysctls,
@@ -383,15 +383,15 @@ def test_spec_of_a_privileged_container() -> None:
     assert bare["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
 
 
-async def test_idmap_support_is_read_from_runtime_features(tmp_path: Path) -> None:
+async def test_user_namespace_support_is_read_from_runtime_features(tmp_path: Path) -> None:
     def runtime(name: str, document: object) -> str:
         script = tmp_path / name
         script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(document)}\nEOF\n")
         script.chmod(0o755)
         return str(script)
 
-    with_idmap = runtime("new-runc", {"linux": {"mountExtensions": {"idmap": {"enabled": True}}}})
-    without = runtime("old-runc", {"linux": {"namespaces": ["user"]}})
-    assert await runtime_supports_idmap(with_idmap)
-    assert not await runtime_supports_idmap(without)
-    assert not await runtime_supports_idmap(str(tmp_path / "absent"))
+    await check_runtime_userns(runtime("runc", {"linux": {"namespaces": ["user", "pid"]}}))
+    for path in (runtime("no-userns", {"linux": {"namespaces": ["pid"]}}),
+                 str(tmp_path / "absent")):
+        with pytest.raises(FailedPrecondition, match="reports the user namespace"):
+            await check_runtime_userns(path)

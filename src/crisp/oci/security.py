@@ -404,12 +404,15 @@ def runs_in_pod_userns(userns: UserNamespace | None) -> bool:
     return userns is not None and userns.mode == NamespaceMode.POD
 
 
-async def runtime_supports_idmap(runtime_path: str) -> bool:
-    """Whether ``<runtime> features`` reports idmapped mounts (runc 1.2+)."""
+async def check_runtime_userns(runtime_path: str) -> None:
+    """Refuse a POD user namespace when the handler's runtime does not list the ``user``
+    namespace in ``<runtime> features`` (Status then reports user_namespaces false too)."""
     features = await runtime_features(runtime_path)
-    extensions = (features.get("linux") or {}).get("mountExtensions") or {}
-    idmap = extensions.get("idmap") if isinstance(extensions, dict) else None
-    return bool(isinstance(idmap, dict) and idmap.get("enabled"))
+    if "user" not in ((features.get("linux") or {}).get("namespaces") or []):
+        raise FailedPrecondition(
+            f"pod user namespaces need an OCI runtime that reports the user namespace in "
+            f"`{runtime_path} features`; this handler's does not: pick a handler whose "
+            "RuntimeStatus reports user_namespaces, or use mode NODE")
 
 
 # Privileged containers' devices ---------------------------------------------------------------
@@ -518,5 +521,6 @@ async def check_sandbox_security(*, sysctls: Mapping[str, str], host_network: bo
     host = await asyncio.to_thread(detect_host_security)
     if asks_userns:
         check_userns_support(host)
+        await check_runtime_userns(runtime_path)
     selinux_label(selinux, host)
     return checked
