@@ -29,9 +29,10 @@ exec runc "$@"
 """
 
 NO_RRO = """#!/bin/sh
-# runc, except that its features document lacks "rro": a runtime too old for it.
+# runc, except that its features document lacks "rro" and the user namespace: a runtime too
+# old for them.
 if [ "$1" = features ]; then
-    runc features | sed 's/"rro",//'
+    runc features | sed 's/"rro",//; s/"user",//'
     exit 0
 fi
 exec runc "$@"
@@ -83,7 +84,20 @@ def test_status_lists_every_handler_with_its_features(env: PodsEnv) -> None:
     for name, features in handlers.items():
         # Each handler's own features output decides: "old" leaves "rro" out of it.
         assert features.recursive_read_only_mounts == (rro and name != "old"), name
-        assert not features.user_namespaces, name  # crisp does not map user namespaces yet
+        # Pod user namespaces: wherever the handler's runtime lists the user namespace.
+        assert features.user_namespaces == (name != "old"), name
+
+
+def test_a_pod_user_namespace_needs_a_runtime_that_lists_it(env: PodsEnv) -> None:
+    config = env.pod_config()
+    mapping = cri_pb2.IDMapping(host_id=200000, container_id=0, length=65536)
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(
+        cri_pb2.UserNamespace(mode=cri_pb2.POD, uids=[mapping], gids=[mapping]))
+    with pytest.raises(grpc.RpcError) as error:
+        env.runtime.RunPodSandbox(cri_pb2.RunPodSandboxRequest(config=config,
+                                                               runtime_handler="old"))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "reports the user namespace" in str(error.value.details())
 
 
 def test_the_wrapper_handler_runs_the_pods_that_ask_for_it(env: PodsEnv) -> None:

@@ -2,7 +2,7 @@
 
 Capabilities, no_new_privs, read-only rootfs, masked and read-only paths, privileged
 containers and their devices, seccomp (RuntimeDefault and Localhost), AppArmor and SELinux
-refusals, sysctls, RunAsNonRoot and user namespaces.
+refusals, sysctls and RunAsNonRoot (user namespaces have test_user_namespaces.py).
 """
 
 from __future__ import annotations
@@ -340,7 +340,7 @@ def test_sysctls_the_pod_does_not_own_are_refused(env: PodsEnv, key: str, networ
     assert key in str(error.value.details()) and why in str(error.value.details())
 
 
-# RunAsNonRoot, user namespaces --------------------------------------------------------------
+# RunAsNonRoot (user namespaces: test_user_namespaces.py) ------------------------------------
 
 
 def test_image_user_runs_and_is_reported_for_the_kubelets_run_as_non_root_check(
@@ -351,18 +351,6 @@ def test_image_user_runs_and_is_reported_for_the_kubelets_run_as_non_root_check(
     status = env.daemon.images.ImageStatus(cri_pb2.ImageStatusRequest(
         image=cri_pb2.ImageSpec(image=nonroot_image)))
     assert status.image.uid.value == 1000
-
-
-def test_pod_user_namespace_is_refused_with_the_reason(env: PodsEnv) -> None:
-    config = env.pod_config()
-    userns = config.linux.security_context.namespace_options.userns_options
-    userns.mode = cri_pb2.POD
-    userns.uids.append(cri_pb2.IDMapping(host_id=100000, container_id=0, length=65536))
-    userns.gids.append(cri_pb2.IDMapping(host_id=100000, container_id=0, length=65536))
-    with pytest.raises(grpc.RpcError) as error:
-        env.run_pod(config)
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "user namespaces" in str(error.value.details())
 
 
 def test_pod_security_context_applies_to_the_infra_process(env: PodsEnv) -> None:

@@ -269,7 +269,8 @@ def assert_no_leaks(env: PodsEnv) -> None:
     assert runc_ids <= everything
     for point in mounts_under(base):
         assert any(i in point for i in everything), f"stray mount {point}"
-    for directory in (base / "run" / "containers", base / "root" / "containers"):
+    for directory in (base / "run" / "containers", base / "root" / "containers",
+                      base / "root" / "userns"):
         if directory.exists():
             # (an image volume's snapshot is "<container id>.vol<n>")
             assert {p.name.split(".vol")[0] for p in directory.iterdir()} <= everything, \

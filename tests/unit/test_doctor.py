@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from crisp.config import Config, parse
-from crisp.doctor.checks import Host, Status, cgroup_checks, swap_check, sysctl_checks
+from crisp.doctor.checks import (
+    Host,
+    Status,
+    cgroup_checks,
+    kernel_checks,
+    swap_check,
+    sysctl_checks,
+)
 
 
 def fake_host(tmp_path: Path, sysctls: dict[str, str], swaps: str = "") -> Host:
@@ -56,3 +63,13 @@ def test_a_kubelet_without_a_driver_means_cgroupfs(tmp_path: Path) -> None:
     host.kubelet_config.write_text("kind: KubeletConfiguration\n")
     [kubelet] = [c for c in cgroup_checks(host, Config()) if c.name == "cgroups: kubelet driver"]
     assert kubelet.status is Status.OK
+
+
+def test_user_namespace_pods_need_overlay_metacopy(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, {"user.max_user_namespaces": "100"})
+    check = {c.name: c for c in kernel_checks(host)}["kernel: overlay metacopy"]
+    assert check.status is Status.WARN and "CONFIG_OVERLAY_FS_METACOPY" in check.fix
+    (host.sys / "module/overlay/parameters").mkdir(parents=True)
+    (host.sys / "module/overlay/parameters/metacopy").write_text("N\n")
+    check = {c.name: c for c in kernel_checks(host)}["kernel: overlay metacopy"]
+    assert check.status is Status.OK

@@ -11,6 +11,7 @@ from crisp.errors import FailedPrecondition, InvalidArgument
 from crisp.oci.model import (
     ContainerRequest,
     DeviceRequest,
+    IDMapping,
     ImageDefaults,
     NamespaceMode,
     ProcessUser,
@@ -32,6 +33,9 @@ from crisp.oci.security import (
     apparmor_profile,
     capabilities_of_mask,
     capability_name,
+    check_runtime_userns,
+    check_userns,
+    check_userns_support,
     container_capabilities,
     detect_host_security,
     host_devices,
@@ -40,10 +44,8 @@ from crisp.oci.security import (
     own_capabilities,
     parse_legacy_apparmor,
     plan_security,
-    runtime_supports_idmap,
     seccomp_request,
     selinux_label,
-    userns_problem,
     validate_sysctls,
 )
 from crisp.oci.spec import PodPaths, SpecInputs, build_spec
@@ -243,15 +245,44 @@ def test_detect_host_security_reads_sys_proc_and_etc(tmp_path: Path) -> None:
 # User namespaces ----------------------------------------------------------------------------
 
 
-def test_user_namespace_problems_are_precise() -> None:
-    pod = UserNamespace(mode=NamespaceMode.POD)
-    assert userns_problem(None, HostSecurity()) == ""
-    assert userns_problem(UserNamespace(mode=NamespaceMode.NODE), HostSecurity()) == ""
-    assert "max_user_namespaces" in userns_problem(pod, HostSecurity())
-    assert "idmapped mount" in userns_problem(pod, NO_LSM)
-    assert "not implemented by crisp" in userns_problem(
-        pod, HostSecurity(max_user_namespaces=5, runtime_idmap_mounts=True))
-    assert "not valid" in userns_problem(UserNamespace(mode=NamespaceMode.TARGET), NO_LSM)
+def _pod_userns(uids: list[IDMapping], gids: list[IDMapping] | None = None) -> UserNamespace:
+    return UserNamespace(mode=NamespaceMode.POD, uids=uids, gids=uids if gids is None else gids)
+
+
+ONE = [IDMapping(host_id=1000, container_id=0, length=100000)]
+
+
+@pytest.mark.parametrize(("userns", "says"), [
+    (UserNamespace(mode=NamespaceMode.CONTAINER), "mode CONTAINER is not supported"),
+    (UserNamespace(mode=NamespaceMode.TARGET), "mode TARGET is not supported"),
+    (UserNamespace(mode=NamespaceMode.NODE, uids=ONE), "NODE takes no uid/gid mappings"),
+    (_pod_userns([]), "exactly one uid mapping, got 0"),
+    (_pod_userns([*ONE, IDMapping(host_id=2000, container_id=0, length=100000)]),
+     "exactly one uid mapping, got 2"),
+    (_pod_userns(ONE, []), "exactly one gid mapping, got 0"),
+    (_pod_userns([IDMapping(host_id=1000, container_id=1, length=100000)]),
+     r"container root \(id 0\) is unmapped"),
+    (_pod_userns([IDMapping(host_id=0, container_id=0, length=100)]), "host id 0"),
+    (_pod_userns([IDMapping(host_id=1000, container_id=0, length=0)]), "at least 1"),
+    (_pod_userns([IDMapping(host_id=2**32 - 10, container_id=0, length=100)]), "runs past"),
+])
+def test_user_namespace_refusals_say_what_to_change(userns: UserNamespace, says: str) -> None:
+    with pytest.raises(InvalidArgument, match=says):
+        check_userns(userns)
+
+
+def test_user_namespace_requests_crisp_runs() -> None:
+    check_userns(None)
+    check_userns(UserNamespace(mode=NamespaceMode.NODE))
+    check_userns(_pod_userns(ONE))
+
+
+def test_pod_user_namespace_needs_the_kernel() -> None:
+    with pytest.raises(FailedPrecondition, match="max_user_namespaces"):
+        check_userns_support(HostSecurity())
+    with pytest.raises(FailedPrecondition, match="metacopy"):
+        check_userns_support(HostSecurity(max_user_namespaces=5))
+    check_userns_support(HostSecurity(max_user_namespaces=5, overlay_metacopy=True))
 
 
 # Devices and the plan -----------------------------------------------------------------------
@@ -298,9 +329,13 @@ async def test_seccomp_requests() -> None:
     assert plan.seccomp is not None and plan.seccomp["defaultAction"] == "SCMP_ACT_ERRNO"
 
 
-async def test_container_user_namespace_is_refused_with_the_reason() -> None:
+async def test_container_user_namespace_is_checked_with_the_host() -> None:
     security = SecurityRequest(userns=UserNamespace(mode=NamespaceMode.POD))
-    with pytest.raises(FailedPrecondition, match="idmapped"):
+    with pytest.raises(InvalidArgument, match="exactly one uid mapping"):
+        await plan_security(security, sandbox_privileged=False, without_host_devices=False,
+                            host=NO_LSM)
+    security = SecurityRequest(userns=UserNamespace(mode=NamespaceMode.POD, uids=ONE, gids=ONE))
+    with pytest.raises(FailedPrecondition, match="metacopy"):
         await plan_security(security, sandbox_privileged=False, without_host_devices=False,
                             host=NO_LSM)
 
@@ -348,15 +383,15 @@ def test_spec_of_a_privileged_container() -> None:
     assert bare["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
 
 
-async def test_idmap_support_is_read_from_runtime_features(tmp_path: Path) -> None:
+async def test_user_namespace_support_is_read_from_runtime_features(tmp_path: Path) -> None:
     def runtime(name: str, document: object) -> str:
         script = tmp_path / name
         script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(document)}\nEOF\n")
         script.chmod(0o755)
         return str(script)
 
-    with_idmap = runtime("new-runc", {"linux": {"mountExtensions": {"idmap": {"enabled": True}}}})
-    without = runtime("old-runc", {"linux": {"namespaces": ["user"]}})
-    assert await runtime_supports_idmap(with_idmap)
-    assert not await runtime_supports_idmap(without)
-    assert not await runtime_supports_idmap(str(tmp_path / "absent"))
+    await check_runtime_userns(runtime("runc", {"linux": {"namespaces": ["user", "pid"]}}))
+    for path in (runtime("no-userns", {"linux": {"namespaces": ["pid"]}}),
+                 str(tmp_path / "absent")):
+        with pytest.raises(FailedPrecondition, match="reports the user namespace"):
+            await check_runtime_userns(path)

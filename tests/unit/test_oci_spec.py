@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from crisp.cgroups import LinuxResources
@@ -10,6 +12,7 @@ from crisp.oci.model import (
     BindMount,
     ContainerRequest,
     DeviceRequest,
+    IDMapping,
     ImageDefaults,
     NamespaceMode,
     ProcessUser,
@@ -94,6 +97,18 @@ def test_namespaces_join_the_pod_by_path() -> None:
     assert kinds == {"mount": None, "pid": "/proc/7/ns/pid"}
     host = spec_of(config(), PodPaths(pid_mode=NamespaceMode.NODE))
     assert [n["type"] for n in host["linux"]["namespaces"]] == ["mount"]
+
+
+def test_a_pod_user_namespace_is_joined_by_path_with_its_mappings() -> None:
+    mapping = [IDMapping(host_id=200000, container_id=0, length=65536)]
+    pod = replace(POD, user_ns="/run/ns/user", uid_mappings=mapping, gid_mappings=mapping)
+    linux = spec_of(config(), pod)["linux"]
+    assert {"type": "user", "path": "/run/ns/user"} in linux["namespaces"]
+    expected = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    assert linux["uidMappings"] == expected and linux["gidMappings"] == expected
+    host = spec_of(config())["linux"]
+    assert "uidMappings" not in host
+    assert all(n["type"] != "user" for n in host["namespaces"])
 
 
 def test_host_network_containers_bind_sysfs() -> None:

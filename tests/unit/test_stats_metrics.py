@@ -166,7 +166,11 @@ def test_handler_features(document: dict[str, list[str]], kernel: tuple[int, int
                           rro: bool) -> None:
     features = features_of({**document, "linux": {"namespaces": ["user"]}}, kernel)
     assert features.recursive_read_only_mounts is rro
-    assert features.user_namespaces is False
+    assert features.user_namespaces is False  # unless the host gives pod user namespaces
+    userns = features_of({**document, "linux": {"namespaces": ["user"]}}, kernel,
+                         pod_userns_host=True)
+    assert userns.user_namespaces is True
+    assert features_of(document, kernel, pod_userns_host=True).user_namespaces is False
 
 
 def test_kernel_version() -> None:

@@ -3,6 +3,7 @@ each handler can do."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -51,9 +52,16 @@ class HandlerFeatures:
 RRO_MIN_KERNEL = (5, 12)
 """mount_setattr(2) with AT_RECURSIVE, which recursive read-only mounts need, is in 5.12."""
 
-USER_NAMESPACES_IMPLEMENTED = False
-"""crisp does not yet map pods into user namespaces (CRI's userns_options), so no handler
-may claim them, whatever the runtime could do."""
+def host_allows_pod_userns(proc_root: Path = Path("/proc"),
+                           sys_root: Path = Path("/sys")) -> bool:
+    """Whether this kernel gives pod user namespaces as crisp runs them: user namespaces
+    allowed, and overlayfs metacopy, which shifts the rootfs owners without copying data
+    (runc 1.1 has no idmapped mounts). Blocking: reads two files."""
+    try:
+        allowed = int((proc_root / "sys/user/max_user_namespaces").read_text().strip() or 0)
+    except (OSError, ValueError):
+        allowed = 0
+    return allowed > 0 and (sys_root / "module/overlay/parameters/metacopy").exists()
 
 FEATURES_TIMEOUT_S = 10.0
 
@@ -64,13 +72,15 @@ def kernel_version(release: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
-def features_of(runtime_features: dict[str, Any], kernel: tuple[int, int]) -> HandlerFeatures:
-    """A handler's features from its ``<runtime> features`` document and the kernel."""
+def features_of(runtime_features: dict[str, Any], kernel: tuple[int, int],
+                pod_userns_host: bool = False) -> HandlerFeatures:
+    """A handler's features from its ``<runtime> features`` document and the kernel;
+    ``pod_userns_host`` is :func:`host_allows_pod_userns`."""
     mount_options = runtime_features.get("mountOptions") or []
     namespaces = (runtime_features.get("linux") or {}).get("namespaces") or []
     return HandlerFeatures(
         recursive_read_only_mounts="rro" in mount_options and kernel >= RRO_MIN_KERNEL,
-        user_namespaces=USER_NAMESPACES_IMPLEMENTED and "user" in namespaces,
+        user_namespaces=pod_userns_host and "user" in namespaces,
     )
 
 
@@ -107,7 +117,8 @@ async def runtime_features(runtime_path: str) -> dict[str, Any]:
 async def handler_features(handler: RuntimeHandler) -> HandlerFeatures:
     """The features Status reports for ``handler`` on this host."""
     document = await runtime_features(handler.runtime_path)
-    return features_of(document, kernel_version(platform.release()))
+    userns = await asyncio.to_thread(host_allows_pod_userns)
+    return features_of(document, kernel_version(platform.release()), pod_userns_host=userns)
 
 
 async def runtime_supports_rro(runtime_path: str) -> bool:

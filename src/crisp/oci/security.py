@@ -13,7 +13,7 @@ import asyncio
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -203,7 +203,7 @@ class HostSecurity:
     selinux: bool = False
     selinux_default_process_label: str = ""
     max_user_namespaces: int = 0
-    runtime_idmap_mounts: bool = False
+    overlay_metacopy: bool = False
 
 
 APPARMOR_DEFAULT_PROFILE = "crisp-default"
@@ -229,7 +229,9 @@ def detect_host_security(sys_root: Path = Path("/sys"),
         max_userns = 0
     return HostSecurity(apparmor=apparmor, apparmor_profiles=frozenset(profiles),
                         selinux=selinux, selinux_default_process_label=label,
-                        max_user_namespaces=max_userns)
+                        max_user_namespaces=max_userns,
+                        overlay_metacopy=(sys_root / "module/overlay/parameters/metacopy")
+                        .exists())
 
 
 def _read(path: Path) -> str:
@@ -336,40 +338,81 @@ def selinux_label(options: SELinuxOptions | None, host: HostSecurity) -> str:
 # User namespaces ------------------------------------------------------------------------------
 
 
-def userns_problem(userns: UserNamespace | None, host: HostSecurity) -> str:
-    """Why the pod's user namespace request cannot be honoured ("" if it can or none is asked).
+MAX_ID = 2**32 - 1
+"""uid_map(5) ids are 32-bit; (uid_t)-1 itself is never a valid id."""
 
-    NODE (or no request) is the host's user namespace, always fine. POD needs kernel support
-    and a runtime that can idmap the rootfs and volumes; crisp does not (yet) build per-pod
-    mappings itself, so it says so rather than run the pod as host root.
+
+def check_userns(userns: UserNamespace | None) -> None:
+    """Refuse a user namespace request crisp cannot honour, with what to change.
+
+    NODE (or none) is the host's user namespace. POD is the pod's own, which needs exactly
+    one uid and one gid mapping (the kubelet allocates them), each mapping container root:
+    crisp has no idmapped mounts to fall back on, so it shifts the owners of the rootfs by
+    that one range. CONTAINER and TARGET are not defined for user namespaces.
     """
-    if userns is None or userns.mode == NamespaceMode.NODE:
-        return ""
-    if userns.mode != NamespaceMode.POD:
-        return (f"user namespace mode {NamespaceMode(userns.mode).name} is not valid; "
-                "use POD or NODE")
+    if userns is None:
+        return
+    mode = NamespaceMode(userns.mode)
+    if mode == NamespaceMode.NODE:
+        if userns.uids or userns.gids:
+            raise InvalidArgument(
+                "user namespace mode NODE takes no uid/gid mappings (the host's are used); "
+                "drop the mappings or use mode POD")
+        return
+    if mode != NamespaceMode.POD:
+        raise InvalidArgument(
+            f"user namespace mode {mode.name} is not supported: a pod's containers share one "
+            "user namespace; use POD (hostUsers: false) or NODE (the host's)")
+    for kind, mappings in (("uid", userns.uids), ("gid", userns.gids)):
+        if len(mappings) != 1:
+            raise InvalidArgument(
+                f"user namespace mode POD needs exactly one {kind} mapping, got "
+                f"{len(mappings)}; give one range that maps container id 0 (as the kubelet "
+                "does)")
+        mapping = mappings[0]
+        if mapping.length <= 0:
+            raise InvalidArgument(f"the {kind} mapping has length {mapping.length}; it must "
+                                  "be at least 1")
+        if mapping.container_id != 0:
+            raise InvalidArgument(
+                f"the {kind} mapping starts at container id {mapping.container_id}, so "
+                "container root (id 0) is unmapped; start it at container id 0")
+        if mapping.host_id == 0:
+            raise InvalidArgument(
+                f"the {kind} mapping maps container root onto host id 0; a pod user "
+                "namespace must use host ids above 0 (or use mode NODE)")
+        if mapping.host_id + mapping.length - 1 > MAX_ID - 1 or mapping.length > MAX_ID:
+            raise InvalidArgument(
+                f"the {kind} mapping {mapping.host_id}+{mapping.length} runs past the largest "
+                f"id {MAX_ID - 1}")
+
+
+def check_userns_support(host: HostSecurity) -> None:
+    """Refuse a POD user namespace on a host that cannot give one (FailedPrecondition)."""
     if host.max_user_namespaces <= 0:
-        return ("pod user namespaces need kernel support: /proc/sys/user/max_user_namespaces "
-                "is 0 or missing")
-    if not host.runtime_idmap_mounts:
-        return ("pod user namespaces need an OCI runtime with idmapped mount support (runc "
-                "1.2 or later); this handler's runtime reports none in `runc features`")
-    return ("pod user namespaces are not implemented by crisp yet (the kernel and runtime "
-            "would support them); leave hostUsers unset or true")
+        raise FailedPrecondition(
+            "pod user namespaces need kernel support: /proc/sys/user/max_user_namespaces is "
+            "0 or missing; raise it (sysctl user.max_user_namespaces) or use mode NODE")
+    if not host.overlay_metacopy:
+        raise FailedPrecondition(
+            "pod user namespaces need overlayfs metacopy (CONFIG_OVERLAY_FS_METACOPY) to "
+            "shift the rootfs owners without copying file data; this kernel lacks it, so use "
+            "mode NODE")
 
 
-def check_userns(userns: UserNamespace | None, host: HostSecurity) -> None:
-    problem = userns_problem(userns, host)
-    if problem:
-        raise FailedPrecondition(problem)
+def runs_in_pod_userns(userns: UserNamespace | None) -> bool:
+    return userns is not None and userns.mode == NamespaceMode.POD
 
 
-async def runtime_supports_idmap(runtime_path: str) -> bool:
-    """Whether ``<runtime> features`` reports idmapped mounts (runc 1.2+)."""
+async def check_runtime_userns(runtime_path: str) -> None:
+    """Refuse a POD user namespace when the handler's runtime does not list the ``user``
+    namespace in ``<runtime> features`` (Status then reports user_namespaces false too)."""
     features = await runtime_features(runtime_path)
-    extensions = (features.get("linux") or {}).get("mountExtensions") or {}
-    idmap = extensions.get("idmap") if isinstance(extensions, dict) else None
-    return bool(isinstance(idmap, dict) and idmap.get("enabled"))
+    if "user" not in ((features.get("linux") or {}).get("namespaces") or []):
+        raise FailedPrecondition(
+            f"pod user namespaces need an OCI runtime that reports the user namespace in "
+            f"`{runtime_path} features`; this handler's does not: pick a handler whose "
+            "RuntimeStatus reports user_namespaces, or use mode NODE")
 
 
 # Privileged containers' devices ---------------------------------------------------------------
@@ -447,10 +490,9 @@ async def plan_security(security: SecurityRequest, *, sandbox_privileged: bool,
         )
     if host is None:
         host = await asyncio.to_thread(detect_host_security)
-    userns = security.userns
-    if userns is not None and userns.mode != NamespaceMode.NODE:
-        idmap = bool(runtime_path) and await runtime_supports_idmap(runtime_path)
-        check_userns(userns, replace(host, runtime_idmap_mounts=idmap))
+    check_userns(security.userns)
+    if runs_in_pod_userns(security.userns):
+        check_userns_support(host)
     caps = container_capabilities(security.privileged, security.add_capabilities,
                                   security.drop_capabilities)
     kind, ref = seccomp_request(security)
@@ -472,12 +514,13 @@ async def check_sandbox_security(*, sysctls: Mapping[str, str], host_network: bo
     """Refuse at RunPodSandbox what no container of the pod could get; the pod's sysctls in
     dotted form. Invalid sysctls are InvalidArgument, what this node lacks FailedPrecondition."""
     checked = validate_sysctls(sysctls, host_network=host_network, host_ipc=host_ipc)
-    asks_userns = userns is not None and userns.mode != NamespaceMode.NODE
+    check_userns(userns)
+    asks_userns = runs_in_pod_userns(userns)
     if not asks_userns and selinux is None:
         return checked
     host = await asyncio.to_thread(detect_host_security)
     if asks_userns:
-        idmap = await runtime_supports_idmap(runtime_path)
-        check_userns(userns, replace(host, runtime_idmap_mounts=idmap))
+        check_userns_support(host)
+        await check_runtime_userns(runtime_path)
     selinux_label(selinux, host)
     return checked

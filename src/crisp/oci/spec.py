@@ -20,6 +20,7 @@ from crisp.errors import InvalidArgument
 from crisp.oci.model import (
     BindMount,
     ContainerRequest,
+    IDMapping,
     ImageDefaults,
     NamespaceMode,
     ProcessUser,
@@ -61,6 +62,10 @@ class PodPaths:
     shm: str = ""
     hostname: str = ""
     sysctls: dict[str, str] = field(default_factory=dict)
+    # The pod's user namespace (POD mode): its pinned file and mappings; "" is the host's.
+    user_ns: str = ""
+    uid_mappings: list[IDMapping] = field(default_factory=list)
+    gid_mappings: list[IDMapping] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,11 @@ def _security(spec: Spec, inputs: SpecInputs) -> None:
 def _namespaces(spec: Spec, inputs: SpecInputs) -> None:
     pod = inputs.pod
     namespaces: list[dict[str, str]] = [{"type": "mount"}]
+    if pod.user_ns:
+        # Joined by path; runc 1.1 still wants the mappings (it chowns /dev by them).
+        namespaces.append({"type": "user", "path": pod.user_ns})
+        spec["linux"]["uidMappings"] = _oci_mappings(pod.uid_mappings)
+        spec["linux"]["gidMappings"] = _oci_mappings(pod.gid_mappings)
     for kind, path in (("network", pod.network_ns), ("ipc", pod.ipc_ns), ("uts", pod.uts_ns)):
         if path:
             namespaces.append({"type": kind, "path": path})
@@ -180,6 +190,11 @@ def _namespaces(spec: Spec, inputs: SpecInputs) -> None:
     if inputs.cgroup_v2:
         namespaces.append({"type": "cgroup"})
     spec["linux"]["namespaces"] = namespaces
+
+
+def _oci_mappings(mappings: list[IDMapping]) -> list[dict[str, int]]:
+    return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.length}
+            for m in mappings]
 
 
 def _default_mounts(spec: Spec, inputs: SpecInputs) -> list[dict[str, Any]]:

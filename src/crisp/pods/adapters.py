@@ -7,8 +7,8 @@ from pathlib import Path
 from crisp import network
 from crisp.errors import NotFound
 from crisp.images import Image, ImageService
-from crisp.pods.model import ImageRuntimeConfig, Sandbox
-from crisp.storage import SnapshotStore
+from crisp.pods.model import ImageRuntimeConfig, NamespaceMode, Sandbox, UserNamespace
+from crisp.storage import OwnerShift, SnapshotStore
 
 
 class ImagesForPods:
@@ -49,8 +49,14 @@ class SnapshotsForPods:
     def __init__(self, snapshots: SnapshotStore):
         self.snapshots = snapshots
 
-    async def prepare(self, key: str, lower_dirs: list[str]) -> Path:
-        return await self.snapshots.prepare(key, [Path(d) for d in lower_dirs])
+    async def prepare(self, key: str, lower_dirs: list[str],
+                      userns: UserNamespace | None = None) -> Path:
+        shift = None
+        if userns is not None and userns.mode == NamespaceMode.POD:
+            shift = OwnerShift(
+                uids=tuple((m.container_id, m.host_id, m.length) for m in userns.uids),
+                gids=tuple((m.container_id, m.host_id, m.length) for m in userns.gids))
+        return await self.snapshots.prepare(key, [Path(d) for d in lower_dirs], shift)
 
     async def unmount(self, key: str) -> None:
         await self.snapshots.unmount(key)

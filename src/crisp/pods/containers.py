@@ -47,6 +47,7 @@ from crisp.pods.model import (
     Resources,
     Sandbox,
     SandboxState,
+    UserNamespace,
     container_name,
 )
 from crisp.pods.oci_inputs import container_request, image_defaults, user_request
@@ -130,8 +131,9 @@ class ContainerManager:
             )
         files = ctx.layout.files(container_id)
         try:
+            userns = _pod_userns(sandbox, config)
             with step("container: rootfs"):
-                rootfs = await ctx.rootfs.prepare(container_id, image.lower_dirs)
+                rootfs = await ctx.rootfs.prepare(container_id, image.lower_dirs, userns)
             failpoint("container.create.rootfs")
             with step("container: user and security"):
                 user = await asyncio.to_thread(resolve_user, Path(rootfs), image.user,
@@ -229,6 +231,7 @@ class ContainerManager:
             resolv_conf=str(Path(sandbox.pod_dir) / "resolv.conf") if sandbox.pod_dir else "",
             shm=sandbox.shm_path, hostname=sandbox.config.hostname,
             sysctls=dict(sandbox.config.sysctls),
+            **_user_namespace_paths(sandbox),
         )
 
     # Start, stop ---------------------------------------------------------------------------
@@ -597,6 +600,35 @@ def _volume_source(root: Path, mount: Mount) -> str:
             f"does not exist in image {mount.image!r}"
         )
     return str(target)
+
+
+def _pod_userns(sandbox: Sandbox, config: ContainerConfig) -> UserNamespace | None:
+    """The pod's own user namespace if it has one (POD mode), None for the host's.
+
+    A container always runs in its pod's: a request for another one is refused rather
+    than ignored (the kubelet repeats the pod's options, so they agree).
+    """
+    pod = sandbox.config.namespaces.userns
+    pod_mode = pod.mode if pod is not None else NamespaceMode.NODE
+    asked = config.security.namespaces.userns
+    if asked is not None and (asked.mode != pod_mode or (
+            asked.mode == NamespaceMode.POD and pod is not None
+            and (asked.uids, asked.gids) != (pod.uids, pod.gids))):
+        raise InvalidArgument(
+            "the container asks for a user namespace other than its pod's (mode "
+            f"{NamespaceMode(asked.mode).name}, pod {NamespaceMode(pod_mode).name}); a "
+            "container shares its pod's: repeat the pod's userns_options or leave them unset")
+    return pod if pod_mode == NamespaceMode.POD else None
+
+
+def _user_namespace_paths(sandbox: Sandbox) -> dict[str, Any]:
+    """PodPaths' user namespace fields: the pinned file and mappings of a POD-mode pod."""
+    path = sandbox.namespace_paths.get("user", "")
+    userns = sandbox.config.namespaces.userns
+    if not path or userns is None:
+        return {}
+    return {"user_ns": path, "uid_mappings": list(userns.uids),
+            "gid_mappings": list(userns.gids)}
 
 
 def _validate(config: ContainerConfig) -> None:

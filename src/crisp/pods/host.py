@@ -15,6 +15,7 @@ from pathlib import Path
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_BIND = 0x1000
 MNT_DETACH = 0x2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -29,6 +30,13 @@ def mount_tmpfs(target: Path, options: str) -> None:
     if _libc.mount(b"shm", os.fsencode(target), b"tmpfs", flags, options.encode()) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"mounting tmpfs at {target}: {os.strerror(error)}")
+
+
+def bind_mount(source: Path, target: Path) -> None:
+    """Bind ``source`` onto ``target`` (a namespace file onto its pin file)."""
+    if _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"bind-mounting {source} at {target}: {os.strerror(error)}")
 
 
 def unmount(target: Path) -> None:

@@ -61,7 +61,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 
 def _write(directory: Path, hostname: str, dns: DNSConfig | None, host_network: bool,
-           private_shm: bool) -> PodFiles:
+           private_shm: bool, owner: tuple[int, int] | None = None) -> PodFiles:
     # Private: runc (as root) bind-mounts the files, no container walks this directory. The
     # files themselves are what every user in the containers reads: 0644.
     directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
@@ -77,12 +77,19 @@ def _write(directory: Path, hostname: str, dns: DNSConfig | None, host_network: 
         _write_new(resolv, resolv_conf_text(dns).encode(), PUBLIC_FILE)
     else:
         _write_new(resolv, _host_file("/etc/resolv.conf", ""), PUBLIC_FILE)
+    if owner is not None:
+        # A pod in its own user namespace: its root owns these, as root does elsewhere.
+        for path in (hostname_file, hosts, resolv):
+            os.chown(path, *owner)
     shm = ""
     if private_shm:
         shm_dir = directory / "shm"
         shm_dir.mkdir(exist_ok=True)
         unmount(shm_dir)
-        mount_tmpfs(shm_dir, SHM_OPTIONS)
+        options = SHM_OPTIONS
+        if owner is not None:
+            options += f",uid={owner[0]},gid={owner[1]}"
+        mount_tmpfs(shm_dir, options)
         shm = str(shm_dir)
     return PodFiles(str(hostname_file), str(hosts), str(resolv), shm)
 
@@ -95,9 +102,12 @@ def _host_file(path: str, fallback: str) -> bytes:
 
 
 async def write_pod_files(directory: Path, hostname: str, dns: DNSConfig | None,
-                          host_network: bool, private_shm: bool) -> PodFiles:
-    """Write the pod's shared files and mount its /dev/shm (unless it uses the host's)."""
-    return await asyncio.to_thread(_write, directory, hostname, dns, host_network, private_shm)
+                          host_network: bool, private_shm: bool,
+                          owner: tuple[int, int] | None = None) -> PodFiles:
+    """Write the pod's shared files and mount its /dev/shm (unless it uses the host's);
+    ``owner`` (host uid, gid) owns them for a pod in its own user namespace."""
+    return await asyncio.to_thread(_write, directory, hostname, dns, host_network, private_shm,
+                                   owner)
 
 
 async def release_shm(directory: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from crisp.pods.model import ImageRuntimeConfig, Sandbox
+from crisp.pods.model import ImageRuntimeConfig, Sandbox, UserNamespace
 
 
 class ImageSource(Protocol):
@@ -21,8 +21,12 @@ class ImageSource(Protocol):
 
 
 class RootfsStore(Protocol):
-    async def prepare(self, key: str, lower_dirs: list[str]) -> Path:
-        """Mount a writable overlay of ``lower_dirs`` for ``key``; return its path."""
+    async def prepare(self, key: str, lower_dirs: list[str],
+                      userns: UserNamespace | None = None) -> Path:
+        """Mount a writable overlay of ``lower_dirs`` for ``key``; return its path.
+
+        With a POD ``userns`` the files are owned by the mapped ids, so the pod's root owns
+        its rootfs."""
 
     async def unmount(self, key: str) -> None:
         """Unmount the rootfs of ``key``, keeping its upper dir; idempotent."""

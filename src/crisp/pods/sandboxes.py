@@ -94,7 +94,8 @@ class SandboxManager:
             operation = await ctx.journal.begin("sandbox.run", sandbox.id, "namespaces",
                                                 progress)
         try:
-            kinds = []
+            userns = options.userns if _in_pod_userns(config) else None
+            kinds = ["user"] if userns is not None else []
             if options.network != NamespaceMode.NODE:
                 kinds += ["net", "uts"]
             if options.ipc != NamespaceMode.NODE:
@@ -102,8 +103,9 @@ class SandboxManager:
             hostname = pod_hostname(config)
             sandbox.config = replace(config, hostname=hostname)
             with step("pod: namespaces"):
-                pinned = await create_namespaces(ctx.layout.namespace_dir(sandbox.id), kinds,
-                                                 hostname)
+                pinned = await create_namespaces(
+                    ctx.layout.namespace_dir(sandbox.id), kinds, hostname,
+                    uids=userns.uids if userns else None, gids=userns.gids if userns else None)
             sandbox.namespace_paths = pinned.paths
             progress["namespaces"] = pinned.paths
             with_network = "net" in kinds and ctx.network is not None
@@ -116,7 +118,8 @@ class SandboxManager:
             # The pod's files and its CNI ADD need nothing of each other: run them together.
             files_task = asyncio.ensure_future(self._timed_files(
                 pod_dir, hostname if "uts" in kinds else _host_hostname(), config,
-                host_network="net" not in kinds, private_shm="ipc" in kinds))
+                host_network="net" not in kinds, private_shm="ipc" in kinds,
+                owner=(userns.uids[0].host_id, userns.gids[0].host_id) if userns else None))
             try:
                 if with_network:
                     assert ctx.network is not None
@@ -155,10 +158,12 @@ class SandboxManager:
 
     @staticmethod
     async def _timed_files(pod_dir: Path, hostname: str, config: SandboxConfig,
-                           host_network: bool, private_shm: bool) -> PodFiles:
+                           host_network: bool, private_shm: bool,
+                           owner: tuple[int, int] | None) -> PodFiles:
         with step("pod: files"):
             return await write_pod_files(pod_dir, hostname, config.dns,
-                                         host_network=host_network, private_shm=private_shm)
+                                         host_network=host_network, private_shm=private_shm,
+                                         owner=owner)
 
     async def _start_infra(self, sandbox: Sandbox, infra_id: str) -> Container:
         ctx = self.ctx
@@ -296,10 +301,25 @@ def _validate(config: SandboxConfig) -> None:
         raise InvalidArgument("a pod's IPC namespace mode must be POD or NODE")
     if config.namespaces.pid == NamespaceMode.TARGET:
         raise InvalidArgument("a pod's PID namespace mode cannot be TARGET (only a container's)")
+    if _in_pod_userns(config):
+        shared = [kind for kind, mode in (("network", config.namespaces.network),
+                                          ("IPC", config.namespaces.ipc),
+                                          ("PID", config.namespaces.pid))
+                  if mode == NamespaceMode.NODE]
+        if shared:
+            raise InvalidArgument(
+                f"a pod in its own user namespace (mode POD) cannot share the host's "
+                f"{', '.join(shared)} namespace (hostUsers: false excludes hostNetwork, "
+                "hostIPC and hostPID)")
     pod_hostname(config)
     if config.log_directory and (not config.log_directory.startswith("/")
                                  or "\0" in config.log_directory):
         raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
+
+
+def _in_pod_userns(config: SandboxConfig) -> bool:
+    userns = config.namespaces.userns
+    return userns is not None and userns.mode == NamespaceMode.POD
 
 
 def pod_hostname(config: SandboxConfig) -> str:

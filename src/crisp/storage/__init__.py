@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from crisp.storage.layers import LayerInfo, LayerStore, chain_ids, short_name
-from crisp.storage.snapshots import SnapshotStore
+from crisp.storage.snapshots import OwnerShift, SnapshotStore
 from crisp.storage.usage import disk_usage
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LayerInfo",
     "LayerStore",
+    "OwnerShift",
     "SnapshotStore",
     "UnpackResult",
     "UnsafeLayer",

@@ -3,6 +3,16 @@
 ``<root>/containers/<key>/`` holds ``upper`` and ``work`` (the writable layer) and ``rootfs``
 (the mount point). Which layers a snapshot stacks is recorded before it is mounted, so that
 removing the image or collecting garbage never takes a layer away from a container.
+
+A container in a pod user namespace needs a rootfs its mapped root owns, and runc 1.1 has no
+idmapped mounts. Such a snapshot is mounted with overlayfs ``metacopy=on`` and every entry is
+chowned once, shifted into the mapping (:class:`OwnerShift`): the upper layer then holds
+metadata-only copies (an inode and xattrs per file, no data), and goes with the snapshot.
+
+runc mounts the rootfs from inside the user namespace, by path, where the pod's root has no
+rights over crisp's 0700 directories. So such a snapshot's mount point is
+``<root>/userns/<key>/rootfs`` instead: ``<root>`` and ``userns`` are 0711 (traversable, not
+listable) and ``<key>`` is 0700 owned by the pod's mapped root, so no other host user gets in.
 """
 
 from __future__ import annotations
@@ -11,18 +21,70 @@ import asyncio
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from crisp.errors import InvalidArgument, NotFound, RuntimeFailure
+from crisp.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
 from crisp.filemodes import CHILD_UMASK, PRIVATE_DIR, private_dir, public_dir
 from crisp.state import Database, Records
 from crisp.storage.layers import short_name
 from crisp.storage.mounts import OPTIONS_LIMIT, is_mountpoint, mount_overlay, unmount
 from crisp.storage.usage import disk_usage
 
+TRAVERSE_ONLY = 0o711
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+IdRange = tuple[int, int, int]
+"""(container id, host id, length), as in uid_map(5)."""
+
+
+@dataclass(frozen=True)
+class OwnerShift:
+    """The uid and gid ranges a snapshot's owners are shifted into."""
+
+    uids: tuple[IdRange, ...]
+    gids: tuple[IdRange, ...]
+
+    def as_document(self) -> dict[str, list[list[int]]]:
+        return {"uids": [list(r) for r in self.uids], "gids": [list(r) for r in self.gids]}
+
+    @classmethod
+    def from_document(cls, document: dict[str, list[list[int]]]) -> OwnerShift:
+        return cls(uids=tuple((a, b, c) for a, b, c in document["uids"]),
+                   gids=tuple((a, b, c) for a, b, c in document["gids"]))
+
+
+def shifted(owner: int, ranges: tuple[IdRange, ...]) -> int:
+    """The host id a file owned by image id ``owner`` gets; unmapped ids stay (they show as
+    the overflow id inside)."""
+    for container_id, host_id, length in ranges:
+        if container_id <= owner < container_id + length:
+            return host_id + owner - container_id
+    return owner
+
+
+def shift_owners(rootfs: Path, shift: OwnerShift) -> None:
+    """Chown every entry under ``rootfs`` into ``shift`` (blocking; once per snapshot).
+
+    chown(2) clears set-user-ID and set-group-ID bits even for root, so they are set back;
+    file capabilities (security.capability) are lost, as with any chown.
+    """
+    def one(path: str) -> None:
+        info = os.lstat(path)
+        uid, gid = shifted(info.st_uid, shift.uids), shifted(info.st_gid, shift.gids)
+        if (uid, gid) == (info.st_uid, info.st_gid):
+            return
+        os.lchown(path, uid, gid)
+        if not stat.S_ISLNK(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(info.st_mode))
+
+    one(str(rootfs))
+    for top, dirs, files in os.walk(rootfs):
+        for name in (*dirs, *files):
+            one(os.path.join(top, name))
 
 
 class SnapshotStore:
@@ -30,6 +92,7 @@ class SnapshotStore:
 
     def __init__(self, root: Path, db: Database):
         self.root = root / "containers"
+        self.userns_root = root / "userns"
         self.layers_root = root / "layers"
         self.empty_lower = root / "layers" / "empty"
         self.records = Records(db, "snapshots")
@@ -49,29 +112,63 @@ class SnapshotStore:
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def prepare(self, key: str, lower_dirs: list[Path]) -> Path:
+    async def prepare(self, key: str, lower_dirs: list[Path],
+                      shift: OwnerShift | None = None) -> Path:
         """Mount the rootfs of ``key`` over ``lower_dirs`` (top-most first); return its path.
 
-        Preparing a key that is already mounted returns its rootfs unchanged.
+        Preparing a key that is already mounted returns its rootfs unchanged. With ``shift``
+        the owners are shifted the first time (see the module docstring).
         """
         directory = self._dir(key)
         async with self._lock(key):
-            rootfs = directory / "rootfs"
             existing = await self.records.get(key)
             if existing is not None and existing["lower_dirs"] != [str(p) for p in lower_dirs]:
                 raise InvalidArgument(
                     f"snapshot {key!r} exists with other layers; "
                     "remove it before preparing it again"
                 )
-            await self.records.put(
-                key, {"key": key, "lower_dirs": [str(p) for p in lower_dirs],
-                      "created": time.time()},
-            )
-            await asyncio.to_thread(self._mount, directory, lower_dirs)
+            if existing is not None and existing.get("shift") is not None:
+                shift = OwnerShift.from_document(existing["shift"])
+            elif existing is not None:
+                shift = None  # an existing snapshot keeps the owners it was made with
+            document: dict[str, object] = {
+                "key": key, "lower_dirs": [str(p) for p in lower_dirs],
+                "created": existing["created"] if existing else time.time()}
+            if shift is not None:
+                document["shift"] = shift.as_document()
+                document["shifted"] = bool(existing and existing.get("shifted"))
+            await self.records.put(key, document)
+            rootfs = directory / "rootfs"
+            if shift is not None:
+                rootfs = await asyncio.to_thread(self._userns_mount_point, key, shift)
+            await asyncio.to_thread(self._mount, directory, lower_dirs, rootfs,
+                                    metacopy=shift is not None)
+            if shift is not None and not document["shifted"]:
+                await asyncio.to_thread(shift_owners, rootfs, shift)
+                document["shifted"] = True
+                await self.records.put(key, document)
             return rootfs
 
-    def _mount(self, directory: Path, lower_dirs: list[Path]) -> None:
-        rootfs = directory / "rootfs"
+    def _userns_mount_point(self, key: str, shift: OwnerShift) -> Path:
+        """The traversable mount point of a shifted snapshot (see the module docstring)."""
+        for parent in self.root.parent.resolve().parents:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                raise FailedPrecondition(
+                    f"pod user namespaces need every parent of root_dir traversable by other "
+                    f"users (runc mounts the rootfs as the pod's root); {parent} is not: "
+                    f"chmod o+x {parent}, or use user namespace mode NODE")
+        for directory in (self.root.parent, self.userns_root):
+            directory.mkdir(exist_ok=True, mode=TRAVERSE_ONLY)
+            os.chmod(directory, TRAVERSE_ONLY)
+        own = self.userns_root / key
+        own.mkdir(exist_ok=True, mode=PRIVATE_DIR)
+        os.chown(own, shifted(0, shift.uids), shifted(0, shift.gids))
+        rootfs = own / "rootfs"
+        rootfs.mkdir(exist_ok=True, mode=PRIVATE_DIR)
+        return rootfs
+
+    def _mount(self, directory: Path, lower_dirs: list[Path], rootfs: Path,
+               metacopy: bool = False) -> None:
         if is_mountpoint(rootfs):
             return  # (a chmod of rootfs now would change the container's "/")
         directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
@@ -85,6 +182,9 @@ class SnapshotStore:
             if not os.path.isdir(lower):
                 raise NotFound(f"image layer directory {lower} is missing; pull the image again")
         tail = f",upperdir={directory / 'upper'},workdir={directory / 'work'},index=off"
+        if metacopy:
+            # Hard links must stay broken (index=off) so that each name is shifted once.
+            tail += ",metacopy=on"
         options = "lowerdir=" + ":".join(lowers) + tail
         if len(options) <= OPTIONS_LIMIT:
             mount_overlay(rootfs, options)
@@ -116,11 +216,13 @@ class SnapshotStore:
         directory = self._dir(key)
         async with self._lock(key):
             await asyncio.to_thread(unmount, directory / "rootfs")
+            await asyncio.to_thread(unmount, self.userns_root / key / "rootfs")
 
     async def remove(self, key: str) -> None:
         """Unmount and delete the snapshot with its writable layer; absent keys are fine."""
         directory = self._dir(key)
         async with self._lock(key):
+            await asyncio.to_thread(self._remove_files, self.userns_root / key)
             await asyncio.to_thread(self._remove_files, directory)
             await self.records.delete(key)
         self._locks.pop(key, None)
