@@ -188,6 +188,41 @@ def test_a_client_that_disconnects_leaves_no_process(env: PodsEnv, container: st
     wait_for(lambda: not sleepers(marker), 10, "the exec'd sleep to be killed")
 
 
+def runc_execs(container: str) -> list[int]:
+    """``runc exec`` processes running in ``container``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (cmdline[0].endswith(b"runc") and b"exec" in cmdline
+                and container.encode() in cmdline):
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_client_that_leaves_at_once_leaves_no_process(env: PodsEnv, container: str,
+                                                        transport: str) -> None:
+    # It leaves while runc is still starting the command, before runc wrote its pid: the
+    # server must wait for that pid rather than leave the command running.
+    marker = f"{3000 + TRANSPORTS.index(transport)}.{os.getpid()}"
+    options = StreamOptions(stdin=True)
+    url = exec_url(env, container, ["sleep", marker], options)
+
+    async def session() -> None:
+        command = await open_command(url, options, transport)
+        await command.close()
+
+    asyncio.run(session())
+    wait_for(lambda: not runc_execs(container), 20, "the server to be done with runc")
+    time.sleep(0.2)
+    assert not sleepers(marker), "the exec'd command outlived a client that left"
+
+
 @pytest.fixture(scope="module")
 def web(env: PodsEnv) -> Iterator[str]:
     pod_id = env.run_pod()
