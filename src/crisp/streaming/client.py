@@ -704,8 +704,61 @@ class ChannelConnection:
         await self.forward.ended.wait()
         return self.error_text.decode(errors="replace")
 
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        """Copy between a local connection and this one until the session ends; the error.
+
+        The protocol cannot pass on the local side's EOF (there is no per-channel close), so
+        after it the pod's answer is still awaited until the server ends the session.
+        """
+        async def upstream() -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(65536):
+                    await self.write(chunk)
+
+        sending = asyncio.create_task(upstream())
+        try:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await self.read():
+                    writer.write(chunk)
+                    await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+            return await self.error()
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+
+
+async def serve_local_channels(local: tuple[str, int], remote: int,
+                               new_url: Callable[[], Awaitable[str]],
+                               report: Callable[[str], None] = log.warning,
+                               ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
+    """Listen on ``local``; relay each accepted connection to ``remote`` in the pod over the
+    WebSocket channel protocol.
+
+    A channel session's ports are fixed when it opens and carry one connection each, and its
+    URL is spent by the first use, so every accepted connection gets a session of its own,
+    on a fresh URL from ``new_url`` (a PortForward call).
+    """
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            url = await new_url()
+            async with await ChannelPortForward.open(url, [remote],
+                                                     ssl_context=ssl_context) as forward:
+                failure = await forward.connections[0].relay(reader, writer)
+            if failure:
+                prefix = f"error forwarding port {remote}"
+                report(failure if failure.startswith(prefix) else f"{prefix}: {failure}")
+        except (ConnectionError, StreamClientError) as problem:
+            report(f"error forwarding port {remote}: {problem}")
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, local[0], local[1])
+
 
 __all__ = ["TRANSPORTS", "ChannelConnection", "ChannelPortForward", "ForwardedConnection",
            "PortForward", "RemoteCommand",
            "RemoteError", "StreamClientError", "StreamOptions", "TerminalSize", "TokenRejected",
-           "exit_code_of", "open_command", "pump"]
+           "exit_code_of", "open_command", "pump", "serve_local_channels"]
