@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -39,6 +40,22 @@ def env() -> Iterator[PodsEnv]:
     with tempfile.TemporaryDirectory(prefix="crisp-sclient-") as base, \
             pods_environment(Path(base), '[streaming]\ntoken_ttl = 2.0\n') as environment:
         yield environment
+
+
+@pytest.fixture(autouse=True)
+def no_unclosed_client_sessions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every aiohttp session the client opens is closed by the time its call returns
+    (aiohttp warns about the others when they are collected, at the end of the suite)."""
+    opened: list[aiohttp.ClientSession] = []
+    original = aiohttp.ClientSession.__init__
+
+    def recording(self: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "__init__", recording)
+    yield
+    assert [session for session in opened if not session.closed] == []
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +196,12 @@ def test_a_client_that_disconnects_leaves_no_process(env: PodsEnv, container: st
 
     async def session() -> None:
         command = await open_command(url, options, transport)
-        await command.write_stdin(b"x")
-        await asyncio.to_thread(wait_for, lambda: sleepers(marker), 10,
-                                "the exec'd sleep to start")
-        await command.close()
+        try:
+            await command.write_stdin(b"x")
+            await asyncio.to_thread(wait_for, lambda: sleepers(marker), 10,
+                                    "the exec'd sleep to start")
+        finally:
+            await command.close()
 
     asyncio.run(session())
     wait_for(lambda: not sleepers(marker), 10, "the exec'd sleep to be killed")
