@@ -107,6 +107,21 @@ def test_stdout_and_stderr_stay_apart(env: PodsEnv, container: str, transport: s
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_exec_has_the_umask_exec_sync_has(env: PodsEnv, container: str, transport: str
+                                          ) -> None:
+    # The daemon's own umask is 077; commands get the usual 022, streamed or not, with a
+    # tty or without.
+    synced = env.runtime.ExecSync(cri_pb2.ExecSyncRequest(
+        container_id=container, cmd=["sh", "-c", "umask"], timeout=30))
+    assert synced.stdout == b"0022\n"
+    assert execute(env, container, transport, ["sh", "-c", "umask"]) == (b"0022\n", b"", 0)
+    options = StreamOptions(stderr=False, tty=True)
+    out, _, code = asyncio.run(run(exec_url(env, container, ["sh", "-c", "umask"], options),
+                                   transport, options))
+    assert (out, code) == (b"0022\r\n", 0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("code", [0, 1, 137])
 def test_exit_codes(env: PodsEnv, container: str, transport: str, code: int) -> None:
     script = "kill -9 $$" if code == 137 else f"exit {code}"
