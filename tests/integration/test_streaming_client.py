@@ -118,7 +118,9 @@ def test_exec_has_the_umask_exec_sync_has(env: PodsEnv, container: str, transpor
     options = StreamOptions(stderr=False, tty=True)
     out, _, code = asyncio.run(run(exec_url(env, container, ["sh", "-c", "umask"], options),
                                    transport, options))
-    assert (out, code) == (b"0022\r\n", 0)
+    # Line endings on a terminal depend on whose ONLCR runs first (runc copies the output
+    # before it makes crisp's side raw), so only the text counts here.
+    assert (out.replace(b"\r", b""), code) == (b"0022\n", 0)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

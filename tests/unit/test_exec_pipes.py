@@ -11,10 +11,12 @@ import asyncio
 import fcntl
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-from crisp.pods import execstream, execsync
+from crisp.pods import execspawn, execstream, execsync
 from crisp.pods.model import ContainerState
 
 MIB = 1 << 20
@@ -150,3 +152,29 @@ def test_exec_without_a_tty_stays_in_the_daemons_session(tmp_path: Path) -> None
     session, code = asyncio.run(run())
     assert code == 0
     assert session == os.getsid(0)
+
+
+def test_an_elf_runtime_runs_from_a_sealed_copy_made_once_per_version(tmp_path: Path) -> None:
+    binary = tmp_path / "runc"
+    shutil.copy("/bin/echo", binary)
+    script = tmp_path / "wrapper"
+    script.write_text("#!/bin/sh\necho wrapped\n")
+    script.chmod(0o755)
+
+    async def run() -> tuple[str, str, str, str]:
+        first = await execspawn.sealed_executable(str(binary))
+        again = await execspawn.sealed_executable(str(binary))
+        assert again == first
+        shutil.copy("/bin/true", binary)  # an upgrade on disk: a new copy
+        upgraded = await execspawn.sealed_executable(str(binary))
+        return first, upgraded, await execspawn.sealed_executable(str(script)), again
+
+    first, upgraded, wrapped, _ = asyncio.run(run())
+    assert first.startswith(f"/proc/{os.getpid()}/fd/") and upgraded != first
+    assert not os.path.exists(first)  # the old copy is closed
+    fd = int(upgraded.rsplit("/", 1)[1])
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    assert seals == (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                     | fcntl.F_SEAL_WRITE)
+    assert subprocess.run(["runc"], executable=upgraded).returncode == 0  # /bin/true
+    assert wrapped == str(script)  # not ELF: run from its path

@@ -92,9 +92,9 @@ class ExecProcess:
                 # runc in the foreground proxies the container's terminal to its own stdio,
                 # which is a terminal crisp holds the other side of (see the module doc).
                 master, slave = os.openpty()
-                runner = spawn(runtime, container.id, process_spec, pid_file=pid_file,
-                               log_file=log_file, stdin=slave, stdout=slave, stderr=slave,
-                               new_session=True)
+                runner = await spawn(runtime, container.id, process_spec, pid_file=pid_file,
+                                     log_file=log_file, stdin=slave, stdout=slave,
+                                     stderr=slave, new_session=True)
             else:
                 ends = {fd: os.pipe() for fd, wanted in ((1, stdout), (2, stderr)) if wanted}
                 if stdin:
@@ -103,7 +103,7 @@ class ExecProcess:
                     for read_end, _ in ends.values():
                         widen_pipe(read_end)
                     devnull = subprocess.DEVNULL
-                    runner = spawn(
+                    runner = await spawn(
                         runtime, container.id, process_spec, pid_file=pid_file,
                         log_file=log_file, stdin=stdin_read if stdin else devnull,
                         stdout=ends[1][1] if 1 in ends else devnull,

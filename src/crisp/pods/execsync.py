@@ -62,7 +62,7 @@ async def exec_sync(runtime: OCIRuntime, container: Container, argv: list[str],
     err_read, err_write = os.pipe()
     try:
         try:
-            runner = spawn(runtime, container.id, spec, pid_file=pid_file, log_file=None,
+            runner = await spawn(runtime, container.id, spec, pid_file=pid_file, log_file=None,
                            stdin=subprocess.DEVNULL, stdout=out_write, stderr=err_write)
         finally:
             os.close(out_write)
