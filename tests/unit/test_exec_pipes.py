@@ -160,21 +160,25 @@ def test_an_elf_runtime_runs_from_a_sealed_copy_made_once_per_version(tmp_path: 
     script = tmp_path / "wrapper"
     script.write_text("#!/bin/sh\necho wrapped\n")
     script.chmod(0o755)
+    links = tmp_path / "links"
 
     async def run() -> tuple[str, str, str, str]:
-        first = await execspawn.sealed_executable(str(binary))
-        again = await execspawn.sealed_executable(str(binary))
-        assert again == first
+        first = await execspawn.sealed_executable(str(binary), links)
+        copy = os.readlink(first)
+        assert await execspawn.sealed_executable(str(binary), links) == first
         shutil.copy("/bin/true", binary)  # an upgrade on disk: a new copy
-        upgraded = await execspawn.sealed_executable(str(binary))
-        return first, upgraded, await execspawn.sealed_executable(str(script)), again
+        upgraded = await execspawn.sealed_executable(str(binary), links)
+        return first, copy, os.readlink(upgraded), await execspawn.sealed_executable(
+            str(script), links)
 
-    first, upgraded, wrapped, _ = asyncio.run(run())
-    assert first.startswith(f"/proc/{os.getpid()}/fd/") and upgraded != first
-    assert not os.path.exists(first)  # the old copy is closed
+    first, copy, upgraded, wrapped = asyncio.run(run())
+    # Named like the binary (the process's name comes from it), pointing at the memfd.
+    assert os.path.basename(first) == "runc"
+    assert copy.startswith(f"/proc/{os.getpid()}/fd/") and upgraded != copy
+    assert not os.path.exists(copy)  # the old copy is closed
     fd = int(upgraded.rsplit("/", 1)[1])
     seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     assert seals == (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                      | fcntl.F_SEAL_WRITE)
-    assert subprocess.run(["runc"], executable=upgraded).returncode == 0  # /bin/true
+    assert subprocess.run(["runc"], executable=first).returncode == 0  # now /bin/true
     assert wrapped == str(script)  # not ELF: run from its path

@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -161,12 +162,33 @@ class RuncExec:
 class _SealedCopy:
     """A runtime binary copied into a sealed memfd, and what the file looked like then."""
 
-    def __init__(self, signature: tuple[int, ...], fd: int | None):
+    def __init__(self, signature: tuple[int, ...], fd: int | None, link: str | None = None):
         self.signature = signature
         self.fd = fd  # None: not an ELF binary (a wrapper script), run from its path
+        self.link = link
 
     def executable(self, path: str) -> str:
-        return path if self.fd is None else f"/proc/{os.getpid()}/fd/{self.fd}"
+        if self.fd is None:
+            return path
+        return self.link or f"/proc/{os.getpid()}/fd/{self.fd}"
+
+
+def _name_link(fd: int, path: str, links: Path | None) -> str | None:
+    """A symlink named like the binary to the copy: the process's name (comm) comes from
+    the path executed, so ``ps`` and ``pgrep`` show ``runc`` rather than a fd number."""
+    if links is None:
+        return None
+    folder = links / hashlib.sha256(path.encode()).hexdigest()[:16]
+    link = folder / os.path.basename(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staged = folder / f".{link.name}.{os.getpid()}"
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
+        staged.replace(link)
+    except OSError:
+        return None
+    return str(link)
 
 
 _sealed: dict[str, _SealedCopy] = {}
@@ -180,7 +202,7 @@ def _signature(path: str) -> tuple[int, ...]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _seal_copy(path: str) -> _SealedCopy:
+def _seal_copy(path: str, links: Path | None) -> _SealedCopy:
     signature = _signature(path)
     with open(path, "rb") as binary:
         content = binary.read()
@@ -197,10 +219,10 @@ def _seal_copy(path: str) -> _SealedCopy:
     except BaseException:
         os.close(fd)
         raise
-    return _SealedCopy(signature, fd)
+    return _SealedCopy(signature, fd, _name_link(fd, path, links))
 
 
-async def sealed_executable(path: str) -> str:
+async def sealed_executable(path: str, links: Path | None = None) -> str:
     """What to execute for the runtime at ``path``: a sealed memfd copy of it.
 
     runc protects itself from a container overwriting its binary (CVE-2019-5736) by making
@@ -208,7 +230,8 @@ async def sealed_executable(path: str) -> str:
     read-only, an unmount and a re-exec, about a third of an exec of ``true`` (41 -> 27 ms
     measured here). A binary that already is a fully sealed memfd is one runc trusts as it
     is, so the copy is made once per binary (and again when the file changes on disk, an
-    upgrade); the container can no more write to it than to runc's own copy.
+    upgrade); the container can no more write to it than to runc's own copy. ``links`` is a
+    private directory for the symlinks that give the processes their name.
     """
     cached = _sealed.get(path)
     try:
@@ -218,7 +241,7 @@ async def sealed_executable(path: str) -> str:
     if cached is not None and cached.signature == signature:
         return cached.executable(path)
     try:
-        fresh = await asyncio.to_thread(_seal_copy, path)
+        fresh = await asyncio.to_thread(_seal_copy, path, links)
     except OSError:
         return path
     # Replaced (the binary changed, or a concurrent first exec made one too): every exec
@@ -237,7 +260,7 @@ async def spawn(runtime: OCIRuntime, container_id: str, process: dict[str, Any],
 
     Blocking for the fork and exec only, like asyncio's own subprocess start.
     """
-    executable = await sealed_executable(runtime.path)
+    executable = await sealed_executable(runtime.path, Path(runtime.root).parent / ".sealed")
     return _start(executable, runtime.base_args(), container_id, process, pid_file=pid_file,
                   log_file=log_file, stdin=stdin, stdout=stdout, stderr=stderr,
                   new_session=new_session)
