@@ -38,7 +38,7 @@ def fake_runtime(tmp_path: Path, script: str) -> SimpleNamespace:
     runc.write_text("#!/bin/sh\n" + script)
     runc.chmod(0o755)
     root = tmp_path / "root"
-    return SimpleNamespace(path=str(runc), root=str(root),
+    return SimpleNamespace(path=str(runc), root=str(root), private_dir=None,
                            base_args=lambda: [str(runc), "--root", str(root)])
 
 

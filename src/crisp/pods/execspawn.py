@@ -260,7 +260,7 @@ async def spawn(runtime: OCIRuntime, container_id: str, process: dict[str, Any],
 
     Blocking for the fork and exec only, like asyncio's own subprocess start.
     """
-    executable = await sealed_executable(runtime.path, Path(runtime.root).parent / ".sealed")
+    executable = await sealed_executable(runtime.path, runtime.private_dir)
     return _start(executable, runtime.base_args(), container_id, process, pid_file=pid_file,
                   log_file=log_file, stdin=stdin, stdout=stdout, stderr=stderr,
                   new_session=new_session)
