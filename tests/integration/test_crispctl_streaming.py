@@ -185,6 +185,7 @@ def test_port_forward(env: PodsEnv, transport: str) -> None:
               "sleep 3600")
     env.run_container(pod_id, env.container_config("web", ["sh", "-c", script]))
     local, refused = free_port(), free_port()
+    channel_sessions = env.daemon.log().count("over the WebSocket channel protocol")
     client = subprocess.Popen(argv(env, "port-forward", "--transport", transport, pod_id,
                                    f"{local}:8080", f"{refused}:9999"),
                               env=checkout_env(), stdin=subprocess.DEVNULL,
@@ -209,6 +210,13 @@ def test_port_forward(env: PodsEnv, transport: str) -> None:
         assert client.returncode == 0, stderr
         assert b"-> 8080" in stdout
         assert b"9999" in stderr and b"refused" in stderr.lower(), stderr
+        # spdy: one SPDY session for everything; websocket: the kubelet's channel protocol,
+        # a session for each connection (the refused one included).
+        sessions = env.daemon.log().count("over the WebSocket channel protocol")
+        if transport == "websocket":
+            assert sessions - channel_sessions >= 3
+        else:
+            assert sessions == channel_sessions
     finally:
         if client.poll() is None:
             client.kill()

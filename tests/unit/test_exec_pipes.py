@@ -1,4 +1,4 @@
-"""The streamed exec's plumbing: wide output pipes and an un-fsynced process file.
+"""The streamed exec's plumbing: wide output pipes, the process spec through a pipe, the umask.
 
 A stand-in runtime (a shell script taking runc's place) writes 1 MiB to stdout and exits:
 with Linux's 64 KiB pipes it would block until read, so it exiting on its own shows the pipe
@@ -11,13 +11,12 @@ import asyncio
 import fcntl
 import json
 import os
-import stat
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
-from crisp.pods import execstream, execsync
+from crisp.pods import execspawn, execstream, execsync
 from crisp.pods.model import ContainerState
 
 MIB = 1 << 20
@@ -33,27 +32,81 @@ def test_widen_pipe_makes_a_pipe_hold_a_mebibyte() -> None:
         os.close(write_end)
 
 
-def test_process_file_is_private_and_not_fsynced(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_fsync(fd: int) -> None:
-        raise AssertionError("an exec's process file is not worth an fsync")
+def fake_runtime(tmp_path: Path, script: str) -> SimpleNamespace:
+    """A shell script in runc's place (its arguments are runc's)."""
+    runc = tmp_path / "runc"
+    runc.write_text("#!/bin/sh\n" + script)
+    runc.chmod(0o755)
+    root = tmp_path / "root"
+    return SimpleNamespace(path=str(runc), root=str(root), private_dir=None,
+                           base_args=lambda: [str(runc), "--root", str(root)])
 
-    monkeypatch.setattr(os, "fsync", no_fsync)
-    path = tmp_path / "exec.json"
-    execsync.write_process_file(path, {"args": ["true"]})
-    assert json.loads(path.read_text()) == {"args": ["true"]}
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+def fake_container(tmp_path: Path, process: dict[str, object]) -> SimpleNamespace:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"process": process}))
+    return SimpleNamespace(id="c1", state=ContainerState.RUNNING, bundle=str(bundle))
+
+
+def test_the_process_spec_reaches_runc_through_a_pipe_under_the_child_umask(
+        tmp_path: Path) -> None:
+    # The script prints its umask, then the --process "file" it was given.
+    runtime = fake_runtime(tmp_path, 'umask\nwhile [ "$1" != --process ]; do shift; done\n'
+                                     'cat "$2"\n')
+    container = fake_container(tmp_path, {"args": ["sh"], "env": ["A=1"], "consoleSize": {}})
+
+    async def run() -> tuple[int, bytes]:
+        old = os.umask(0o077)
+        try:
+            process = await execstream.ExecProcess.start(
+                runtime, container, ["ls", "-l"],  # type: ignore[arg-type]
+                tty=False, stdin=False, stdout=True, stderr=False)
+        finally:
+            os.umask(old)
+        try:
+            code = await asyncio.wait_for(process.wait(), 10)
+            return code, b"".join([part async for part in _drain(process, 1)])
+        finally:
+            await process.close()
+
+    code, out = asyncio.run(run())
+    assert code == 0
+    umask, spec = out.split(b"\n", 1)
+    assert umask == b"0022"
+    assert json.loads(spec) == {"args": ["ls", "-l"], "env": ["A=1"], "terminal": False}
+    assert sorted(p.name for p in Path(container.bundle).iterdir()) == ["config.json"]
+
+
+def test_exec_sync_gets_the_same_umask_and_spec(tmp_path: Path) -> None:
+    runtime = fake_runtime(tmp_path, 'umask\nwhile [ "$1" != --process ]; do shift; done\n'
+                                     'cat "$2"\necho oops >&2\nexit 3\n')
+    container = fake_container(tmp_path, {"args": ["sh"], "cwd": "/w"})
+    old = os.umask(0o077)
+    try:
+        result = asyncio.run(execsync.exec_sync(runtime, container,  # type: ignore[arg-type]
+                                                ["id"], 10))
+    finally:
+        os.umask(old)
+    umask, spec = result.stdout.split(b"\n", 1)
+    assert umask == b"0022"
+    assert json.loads(spec) == {"args": ["id"], "cwd": "/w", "terminal": False}
+    assert (result.stderr, result.exit_code) == (b"oops\n", 3)
+
+
+def test_a_large_process_spec_is_fed_as_runc_reads(tmp_path: Path) -> None:
+    runtime = fake_runtime(tmp_path, 'while [ "$1" != --process ]; do shift; done\n'
+                                     'sleep 0.2; cat "$2"\n')
+    env = [f"V{i}={'x' * 100}" for i in range(3000)]  # about 330 KB, more than a pipe holds
+    container = fake_container(tmp_path, {"args": ["sh"], "env": env})
+    result = asyncio.run(execsync.exec_sync(runtime, container,  # type: ignore[arg-type]
+                                            ["true"], 10))
+    assert json.loads(result.stdout)["env"] == env
 
 
 def test_exec_output_pipe_takes_a_mebibyte_without_a_reader(tmp_path: Path) -> None:
-    runc = tmp_path / "runc"
-    runc.write_text(f"#!/bin/sh\nhead -c {MIB} /dev/zero\necho done >&2\n")
-    runc.chmod(0o755)
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "config.json").write_text(json.dumps({"process": {"args": ["sh"]}}))
-    runtime = SimpleNamespace(path=str(runc), root=str(tmp_path / "root"))
-    container = SimpleNamespace(id="c1", state=ContainerState.RUNNING, bundle=str(bundle))
+    runtime = fake_runtime(tmp_path, f"head -c {MIB} /dev/zero\necho done >&2\n")
+    container = fake_container(tmp_path, {"args": ["sh"]})
 
     async def run() -> tuple[int, list[int], bytes]:
         process = await execstream.ExecProcess.start(
@@ -82,14 +135,8 @@ async def _drain(process: execstream.ExecProcess, fd: int):  # type: ignore[no-u
 
 
 def test_exec_without_a_tty_stays_in_the_daemons_session(tmp_path: Path) -> None:
-    runc = tmp_path / "runc"
-    runc.write_text("#!/bin/sh\nexec cat\n")
-    runc.chmod(0o755)
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "config.json").write_text(json.dumps({"process": {"args": ["sh"]}}))
-    runtime = SimpleNamespace(path=str(runc), root=str(tmp_path / "root"))
-    container = SimpleNamespace(id="c1", state=ContainerState.RUNNING, bundle=str(bundle))
+    runtime = fake_runtime(tmp_path, "exec cat\n")
+    container = fake_container(tmp_path, {"args": ["sh"]})
 
     async def run() -> tuple[int, int]:
         process = await execstream.ExecProcess.start(
@@ -105,3 +152,33 @@ def test_exec_without_a_tty_stays_in_the_daemons_session(tmp_path: Path) -> None
     session, code = asyncio.run(run())
     assert code == 0
     assert session == os.getsid(0)
+
+
+def test_an_elf_runtime_runs_from_a_sealed_copy_made_once_per_version(tmp_path: Path) -> None:
+    binary = tmp_path / "runc"
+    shutil.copy("/bin/echo", binary)
+    script = tmp_path / "wrapper"
+    script.write_text("#!/bin/sh\necho wrapped\n")
+    script.chmod(0o755)
+    links = tmp_path / "links"
+
+    async def run() -> tuple[str, str, str, str]:
+        first = await execspawn.sealed_executable(str(binary), links)
+        copy = os.readlink(first)
+        assert await execspawn.sealed_executable(str(binary), links) == first
+        shutil.copy("/bin/true", binary)  # an upgrade on disk: a new copy
+        upgraded = await execspawn.sealed_executable(str(binary), links)
+        return first, copy, os.readlink(upgraded), await execspawn.sealed_executable(
+            str(script), links)
+
+    first, copy, upgraded, wrapped = asyncio.run(run())
+    # Named like the binary (the process's name comes from it), pointing at the memfd.
+    assert os.path.basename(first) == "runc"
+    assert copy.startswith(f"/proc/{os.getpid()}/fd/") and upgraded != copy
+    assert not os.path.exists(copy)  # the old copy is closed
+    fd = int(upgraded.rsplit("/", 1)[1])
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    assert seals == (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                     | fcntl.F_SEAL_WRITE)
+    assert subprocess.run(["runc"], executable=first).returncode == 0  # now /bin/true
+    assert wrapped == str(script)  # not ELF: run from its path

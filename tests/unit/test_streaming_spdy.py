@@ -49,6 +49,19 @@ def test_header_block_layout_and_rules() -> None:
             spdy.decode_header_block(bad)
 
 
+def test_data_frames_split_at_the_chunk_size_with_fin_on_the_last() -> None:
+    chunk = spdy.DATA_CHUNK
+    data = bytes(range(256)) * (chunk // 128 + 1)  # two full frames and a part
+    frames = bytes(spdy.data_frames(3, data, fin=True))
+    expected = b"".join(spdy.data_frame(3, data[start:start + chunk],
+                                        fin=start + chunk >= len(data))
+                        for start in range(0, len(data), chunk))
+    assert frames == expected
+    assert bytes(spdy.data_frames(3, data[:chunk])) == spdy.data_frame(3, data[:chunk])
+    assert bytes(spdy.data_frames(3, b"", fin=True)) == spdy.data_frame(3, b"", fin=True)
+    assert bytes(spdy.data_frames(3, memoryview(b"ab"))) == spdy.data_frame(3, b"ab")
+
+
 def test_frame_layouts() -> None:
     assert spdy.data_frame(5, b"hi", fin=True) == b"\0\0\0\x05\x01\0\0\x02hi"
     assert spdy.ping(7) == b"\x80\x03\0\x06\0\0\0\x04\0\0\0\x07"

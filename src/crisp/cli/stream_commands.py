@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
 import termios
 import threading
 import tty
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 
@@ -30,6 +31,7 @@ from crisp.streaming.client import (
     StreamOptions,
     open_command,
     pump,
+    serve_local_channels,
 )
 
 
@@ -230,9 +232,19 @@ def _port_forward(channel: grpc.Channel, args: argparse.Namespace) -> int:
             return 2
         pairs.append(pair)
     runtime = cri_pb2_grpc.RuntimeServiceStub(channel)
-    response = runtime.PortForward(cri_pb2.PortForwardRequest(
-        pod_sandbox_id=args.pod, port=[remote for _, remote in pairs]), timeout=args.timeout)
+    request = cri_pb2.PortForwardRequest(pod_sandbox_id=args.pod,
+                                         port=[remote for _, remote in pairs])
+    # Asked once up front, so a wrong pod is an error before anything listens.
+    response = runtime.PortForward(request, timeout=args.timeout)
     try:
+        if args.transport == "websocket":
+            async def new_url(remote: int) -> str:
+                answer = await asyncio.to_thread(
+                    runtime.PortForward, cri_pb2.PortForwardRequest(
+                        pod_sandbox_id=args.pod, port=[remote]), timeout=args.timeout)
+                return str(answer.url)
+
+            return asyncio.run(_forward_channels(new_url, args.address, pairs))
         return asyncio.run(_forward(response.url, args.transport, args.address, pairs))
     except StreamClientError as error:
         print(f"crispctl: {error}", file=sys.stderr)
@@ -241,10 +253,40 @@ def _port_forward(channel: grpc.Channel, args: argparse.Namespace) -> int:
         return 0
 
 
+def _report(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    await stop.wait()
+
+
+async def _forward_channels(new_url: Callable[[int], Awaitable[str]], address: str,
+                            pairs: list[tuple[int, int]]) -> int:
+    """``--transport websocket``: the kubelet's channel protocol, a session per connection
+    (its URL spent by the first use), so it runs until stopped."""
+    servers = []
+    for local, remote in pairs:
+        server = await serve_local_channels(
+            (address, local), remote, functools.partial(new_url, remote), _report)
+        servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        print(f"Forwarding from {address}:{bound} -> {remote}", flush=True)
+    try:
+        await _until_stopped()
+    finally:
+        for server in servers:
+            server.close()
+    return 0
+
+
 async def _forward(url: str, transport: str, address: str, pairs: list[tuple[int, int]]
                    ) -> int:
-    def report(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    report = _report
 
     async with await PortForward.open(url, transport) as forward:
         servers = []

@@ -45,5 +45,5 @@ def backend_for(config: Config, name: str) -> RuntimeBackend:
             "executable file or on PATH"
         )
     root = Path(handler.runtime_root or Path(config.run_dir) / "runtimes" / resolved)
-    runtime = OCIRuntime(str(runtime_path), root)
+    runtime = OCIRuntime(str(runtime_path), root, Path(config.run_dir) / "runtimes" / ".sealed")
     return RuntimeBackend(resolved, runtime, Conmon(str(monitor_path), runtime))

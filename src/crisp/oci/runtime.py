@@ -31,9 +31,12 @@ class RuntimeState:
 class OCIRuntime:
     """One OCI runtime binary with its own state root."""
 
-    def __init__(self, path: str, root: Path):
+    def __init__(self, path: str, root: Path, private_dir: Path | None = None):
         self.path = path
         self.root = root
+        # The daemon's own directory for what it keeps about this binary (the names of its
+        # sealed copy, pods/execspawn.py); None: nowhere, the copy runs unnamed.
+        self.private_dir = private_dir
 
     def base_args(self) -> list[str]:
         return [self.path, "--root", str(self.root)]

@@ -21,13 +21,14 @@ import os
 import secrets
 import signal
 import struct
+import subprocess
 import termios
 from pathlib import Path
 from typing import Any
 
 from crisp.errors import FailedPrecondition, InvalidArgument, RuntimeFailure
 from crisp.oci.runtime import OCIRuntime
-from crisp.pods.execsync import kill_exec, write_process_file
+from crisp.pods.execspawn import RuncExec, container_process, exec_spec, spawn
 from crisp.pods.model import Container, ContainerState
 
 log = logging.getLogger(__name__)
@@ -40,23 +41,20 @@ PIPE_SIZE = 1 << 20
 _READ_SIZE = 1 << 20
 
 
-def interactive_process(container_spec: dict[str, Any], argv: list[str], tty: bool
+def interactive_process(container: dict[str, Any], argv: list[str], tty: bool
                         ) -> dict[str, Any]:
     """The container's own OCI process (user, env, cwd, capabilities) with ``argv``."""
-    process = dict(container_spec.get("process", {}))
-    process["args"] = list(argv)
-    process["terminal"] = tty
-    process.pop("consoleSize", None)
-    return process
+    return exec_spec(container, argv, tty)
 
 
 class ExecProcess:
     """One running exec; satisfies :class:`crisp.streaming.relay.Attachable`."""
 
-    def __init__(self, container_id: str, runner: asyncio.subprocess.Process, files: list[Path],
+    def __init__(self, container_id: str, runner: RuncExec, files: list[Path],
                  pid_file: Path, log_file: Path):
         self.container_id = container_id
         self.runner = runner
+        self._stdin: int | None = None
         self._files = files
         self.pid_file = pid_file
         self.log_file = log_file
@@ -81,36 +79,33 @@ class ExecProcess:
                 "running container")
         bundle = Path(container.bundle)
         token = secrets.token_hex(8)
-        process_file = bundle / f"exec-{token}.json"
         pid_file = bundle / f"exec-{token}.pid"
         log_file = bundle / f"exec-{token}.log"
-        spec = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
-        await asyncio.to_thread(write_process_file, process_file,
-                                interactive_process(spec, argv, tty))
-        files = [process_file, pid_file, log_file]
-        args = [runtime.path, "--root", str(runtime.root), "--log", str(log_file),
-                "--log-format", "json", "exec", "--process", str(process_file),
-                "--pid-file", str(pid_file)]
-        master = slave = -1
+        process_spec = interactive_process(await container_process(bundle), argv, tty)
+        files = [pid_file, log_file]
+        master = slave = stdin_write = -1
         ends: dict[int, tuple[int, int]] = {}
+        stdin_read = -1
+        runner: RuncExec | None = None
         try:
-            pipe = asyncio.subprocess.PIPE
-            devnull = asyncio.subprocess.DEVNULL
             if tty:
                 # runc in the foreground proxies the container's terminal to its own stdio,
                 # which is a terminal crisp holds the other side of (see the module doc).
                 master, slave = os.openpty()
-                runner = await asyncio.create_subprocess_exec(
-                    *args, container.id, stdin=slave, stdout=slave, stderr=slave,
-                    start_new_session=True)
+                runner = await spawn(runtime, container.id, process_spec, pid_file=pid_file,
+                                     log_file=log_file, stdin=slave, stdout=slave,
+                                     stderr=slave, new_session=True)
             else:
                 ends = {fd: os.pipe() for fd, wanted in ((1, stdout), (2, stderr)) if wanted}
+                if stdin:
+                    stdin_read, stdin_write = os.pipe()
                 try:
                     for read_end, _ in ends.values():
                         widen_pipe(read_end)
-                    runner = await asyncio.create_subprocess_exec(
-                        *args, container.id,
-                        stdin=pipe if stdin else devnull,
+                    devnull = subprocess.DEVNULL
+                    runner = await spawn(
+                        runtime, container.id, process_spec, pid_file=pid_file,
+                        log_file=log_file, stdin=stdin_read if stdin else devnull,
                         stdout=ends[1][1] if 1 in ends else devnull,
                         stderr=ends[2][1] if 2 in ends else devnull,
                         # In the daemon's session: a session of its own is a new scheduler
@@ -124,17 +119,27 @@ class ExecProcess:
                 finally:
                     for _, write_end in ends.values():
                         os.close(write_end)
+                    if stdin_read >= 0:
+                        os.close(stdin_read)
             process = cls(container.id, runner, files, pid_file, log_file)
+            if stdin_write >= 0:
+                os.set_blocking(stdin_write, False)
+                process._stdin = stdin_write
+                stdin_write = -1
             if not tty:
                 await process._use_outputs({fd: pair[0] for fd, pair in ends.items()})
             if tty:
                 await process._use_terminal(master)
                 master = -1
         except BaseException:
+            if runner is not None:
+                runner.kill()
+                runner.reap()
             for path in files:
                 path.unlink(missing_ok=True)
-            if master >= 0:
-                os.close(master)
+            for fd in (master, stdin_write):
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
             if slave >= 0:
@@ -182,17 +187,15 @@ class ExecProcess:
     async def write_stdin(self, data: bytes) -> None:
         if self._master is not None:
             await _write_fd(self._master, data)
-        elif self.runner.stdin is not None:
-            self.runner.stdin.write(data)
-            await self.runner.stdin.drain()
+        elif self._stdin is not None:
+            await _write_fd(self._stdin, data)
 
     async def close_stdin(self) -> None:
         if self._master is not None:
             return  # a terminal stays open: closing it would hang up the command
-        if self.runner.stdin is not None:
-            self.runner.stdin.close()
-            with contextlib.suppress(ConnectionError, BrokenPipeError):
-                await self.runner.stdin.wait_closed()
+        if self._stdin is not None:
+            os.close(self._stdin)
+            self._stdin = None
 
     async def read_output(self, fd: int) -> bytes:
         if self._master_reader is not None:
@@ -226,8 +229,9 @@ class ExecProcess:
         self._cleanup()
 
     async def abandon(self) -> None:
-        """Kill the command (by the pid runc wrote) and runc with it."""
-        await asyncio.to_thread(kill_exec, self.pid_file)
+        """Kill the command (by the pid runc wrote, waiting for it if need be) and runc with
+        it."""
+        await self.runner.kill_command()
         try:
             await asyncio.wait_for(asyncio.shield(self.runner.wait()), 5)
         except TimeoutError:
@@ -242,6 +246,9 @@ class ExecProcess:
     def _cleanup(self) -> None:
         if self._settle is not None:
             self._settle.cancel()
+        if self._stdin is not None:
+            os.close(self._stdin)
+            self._stdin = None
         for transport in self._output_transports:
             transport.close()
         self._output_transports.clear()

@@ -278,12 +278,14 @@ class WebSocketCommand(RemoteCommand):
         return exit_code_of(self.protocol, bytes(self._error))
 
     async def close(self) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.close()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-        await self._http.close()
+        try:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.close()
+        finally:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            await self._http.close()
 
 
 def _end(queue: asyncio.Queue[bytes]) -> None:
@@ -435,6 +437,7 @@ class _WebSocketPipe:
         self.reader = asyncio.StreamReader(limit=1 << 20)
         self._buffer = bytearray()
         self._pump = asyncio.create_task(self._read())
+        self._closing: asyncio.Future[None] | None = None
 
     async def _read(self) -> None:
         try:
@@ -455,22 +458,34 @@ class _WebSocketPipe:
             await self.ws.send_bytes(data)
 
     def close(self) -> None:
-        async def finish() -> None:
+        """What the SPDY session calls at its end; :meth:`aclose` waits for it."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._finish())
+
+    async def aclose(self) -> None:
+        self.close()
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
+
+    async def _finish(self) -> None:
+        try:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.close()
+        finally:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
             await self.http.close()
-        _background.add(asyncio.ensure_future(finish()))
-
-
-_background: set[asyncio.Future[None]] = set()
 
 
 class PortForward:
     """A port-forward session: each :meth:`connect` is one TCP connection to a pod port."""
 
-    def __init__(self, session: spdy.Session, runner: asyncio.Task[None]):
+    def __init__(self, session: spdy.Session, runner: asyncio.Task[None],
+                 pipe: _WebSocketPipe | None = None):
         self.session = session
         self._runner = runner
+        self._pipe = pipe  # the WebSocket the session is tunnelled in, if any
         self._ids = itertools.count()
 
     @classmethod
@@ -484,7 +499,7 @@ class PortForward:
         http, ws = await _ws_connect(url, (portforward.TUNNELED,), ssl_context)
         pipe = _WebSocketPipe(http, ws)
         session = spdy.Session(pipe.reader, pipe, server=False)  # type: ignore[arg-type]
-        return cls(session, asyncio.create_task(session.run()))
+        return cls(session, asyncio.create_task(session.run()), pipe)
 
     async def connect(self, port: int) -> ForwardedConnection:
         """Open the error and data streams of one connection to ``port`` in the pod."""
@@ -512,10 +527,14 @@ class PortForward:
         return await asyncio.start_server(handle, local[0], local[1])
 
     async def close(self) -> None:
-        await self.session.close()
-        self._runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._runner
+        try:
+            await self.session.close()
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        finally:
+            if self._pipe is not None:
+                await self._pipe.aclose()
 
     async def __aenter__(self) -> PortForward:
         return self
@@ -661,12 +680,14 @@ class ChannelPortForward:
             await self.ws.send_bytes(message)
 
     async def close(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.close()
-        await self.http.close()
+        try:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.close()
+        finally:
+            await self.http.close()
 
     async def __aenter__(self) -> ChannelPortForward:
         return self
@@ -704,8 +725,61 @@ class ChannelConnection:
         await self.forward.ended.wait()
         return self.error_text.decode(errors="replace")
 
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        """Copy between a local connection and this one until the session ends; the error.
+
+        The protocol cannot pass on the local side's EOF (there is no per-channel close), so
+        after it the pod's answer is still awaited until the server ends the session.
+        """
+        async def upstream() -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(65536):
+                    await self.write(chunk)
+
+        sending = asyncio.create_task(upstream())
+        try:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await self.read():
+                    writer.write(chunk)
+                    await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+            return await self.error()
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+
+
+async def serve_local_channels(local: tuple[str, int], remote: int,
+                               new_url: Callable[[], Awaitable[str]],
+                               report: Callable[[str], None] = log.warning,
+                               ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
+    """Listen on ``local``; relay each accepted connection to ``remote`` in the pod over the
+    WebSocket channel protocol.
+
+    A channel session's ports are fixed when it opens and carry one connection each, and its
+    URL is spent by the first use, so every accepted connection gets a session of its own,
+    on a fresh URL from ``new_url`` (a PortForward call).
+    """
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            url = await new_url()
+            async with await ChannelPortForward.open(url, [remote],
+                                                     ssl_context=ssl_context) as forward:
+                failure = await forward.connections[0].relay(reader, writer)
+            if failure:
+                prefix = f"error forwarding port {remote}"
+                report(failure if failure.startswith(prefix) else f"{prefix}: {failure}")
+        except (ConnectionError, StreamClientError) as problem:
+            report(f"error forwarding port {remote}: {problem}")
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, local[0], local[1])
+
 
 __all__ = ["TRANSPORTS", "ChannelConnection", "ChannelPortForward", "ForwardedConnection",
            "PortForward", "RemoteCommand",
            "RemoteError", "StreamClientError", "StreamOptions", "TerminalSize", "TokenRejected",
-           "exit_code_of", "open_command", "pump"]
+           "exit_code_of", "open_command", "pump", "serve_local_channels"]

@@ -157,6 +157,8 @@ class StreamingServer:
             if protocol is None:
                 return _no_protocol(offered, supported)
             response, session = await _upgrade_spdy(request, protocol)
+        log.debug("port-forward to pod %s over SPDY%s", claimed.sandbox_id,
+                  " in WebSocket" if isinstance(response, web.WebSocketResponse) else "")
         runner = asyncio.create_task(session.run())
 
         async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -186,6 +188,8 @@ class StreamingServer:
                      "give them in the PortForward request or as ?port=N query parameters\n")
         chosen = next(protocol for protocol in offered if protocol in ws_portforward.PROTOCOLS
                       ) if offered else None
+        log.debug("port-forward to pod %s over the WebSocket channel protocol (%s), ports %s",
+                  claimed.sandbox_id, chosen or "no subprotocol", ports)
         ws = web.WebSocketResponse(protocols=(chosen,) if chosen else (), max_msg_size=0)
         await ws.prepare(request)
 

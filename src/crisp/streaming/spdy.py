@@ -218,6 +218,28 @@ def data_frame(stream_id: int, data: bytes, fin: bool = False) -> bytes:
                         ((FLAG_FIN if fin else 0) << 24) | len(data)) + data
 
 
+def data_frames(stream_id: int, data: bytes | bytearray | memoryview, fin: bool = False
+                ) -> bytearray:
+    """``data`` as data frames of at most :data:`DATA_CHUNK` bytes, FIN on the last.
+
+    Filled into one buffer: slicing, concatenating and joining the pieces cost 15 times as
+    much (fresh large objects on every step), which was most of port-forward's CPU.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    count = max(1, -(-size // DATA_CHUNK))
+    out = bytearray(size + 8 * count)
+    position = 0
+    for start in range(0, max(size, 1), DATA_CHUNK):
+        piece = view[start:start + DATA_CHUNK]
+        last = start + DATA_CHUNK >= size
+        _HEADER.pack_into(out, position, stream_id & 0x7FFFFFFF,
+                          ((FLAG_FIN if fin and last else 0) << 24) | len(piece))
+        out[position + 8:position + 8 + len(piece)] = piece
+        position += 8 + len(piece)
+    return out
+
+
 def syn_stream(compressor: HeaderCompressor, stream_id: int, headers: Mapping[str, list[str]],
                *, fin: bool = False, associated_id: int = 0, priority: int = 0) -> bytes:
     body = struct.pack(">IIBB", stream_id, associated_id, (priority & 7) << 5, 0)
@@ -392,11 +414,7 @@ class Stream:
             raise StreamReset(f"stream {self.id} is already closed for writing")
         # Every frame of one write goes out in one write and one drain: a drain per 32 KiB
         # frame was a good part of port-forward's time.
-        view = memoryview(data)
-        await self.session.send(b"".join(
-            data_frame(self.id, bytes(view[start:start + DATA_CHUNK]),
-                       fin and start + DATA_CHUNK >= len(view))
-            for start in range(0, max(len(view), 1), DATA_CHUNK)))
+        await self.session.send(data_frames(self.id, data, fin))
         if fin:
             self.local_closed = True
             self.session.maybe_forget(self)
@@ -464,7 +482,7 @@ class Session:
 
     # Sending -------------------------------------------------------------------------------
 
-    async def send(self, frame: bytes) -> None:
+    async def send(self, frame: bytes | bytearray) -> None:
         if self.closed:
             raise ConnectionResetError("the SPDY session is closed")
         async with self._write_lock:
