@@ -84,6 +84,25 @@ def test_writable_layer_grows_when_a_file_is_written(env: PodsEnv,
     assert after.fs_id.mountpoint
 
 
+def test_the_polled_list_calls_share_one_reading(env: PodsEnv,
+                                                  pod: tuple[str, str, str]) -> None:
+    pod_id, burner, _ = pod
+    began = time.monotonic()
+    pods = env.runtime.ListPodSandboxStats(cri_pb2.ListPodSandboxStatsRequest()).stats
+    listed = env.runtime.ListContainerStats(cri_pb2.ListContainerStatsRequest()).stats
+    took = time.monotonic() - began
+    in_pod = {c.attributes.id: c for p in pods if p.attributes.id == pod_id
+              for c in p.linux.containers}
+    in_list = {c.attributes.id: c for c in listed}
+    if took < 1.5:  # the kubelet's round: the second call reuses the first one's reading
+        assert in_list[burner].cpu.timestamp == in_pod[burner].cpu.timestamp
+        assert (in_list[burner].cpu.usage_core_nano_seconds.value
+                == in_pod[burner].cpu.usage_core_nano_seconds.value)
+    # A call about one container reads it now.
+    single = container_stats(env, burner)
+    assert single.cpu.timestamp > in_list[burner].cpu.timestamp
+
+
 def test_pod_stats_report_processes_cpu_and_network_that_grows(
         env: PodsEnv, pod: tuple[str, str, str]) -> None:
     pod_id, burner, idle = pod

@@ -31,6 +31,11 @@ POLLED_LAYERS_MAX_AGE_SECONDS = 10.0
 """How old a writable layer's figure may be in the list calls the kubelet polls every 10 s
 (containerd's CRI plugin collects snapshot usage in the background on the same period)."""
 
+POLLED_CGROUPS_MAX_AGE_SECONDS = 2.0
+"""How old a container's cgroup reading may be in the list calls: the kubelet asks
+ListContainerStats and ListPodSandboxStats in the same round, and both cover every
+container, so the second is answered from the first's readings."""
+
 POD_INTERFACE = "eth0"
 """The interface CNI gives every pod (crisp.network asks plugins for this name)."""
 
@@ -88,21 +93,26 @@ class UsageReader:
     def __init__(self, ctx: PodContext, containers: ContainerManager) -> None:
         self.ctx = ctx
         self.containers = containers
+        # container id -> (time.monotonic() of the reading, the reading), for the list calls
+        self._readings: dict[str, tuple[float, CgroupUsage]] = {}
+        self._reading = asyncio.Lock()  # one batch at a time: the second reuses the first
 
     async def containers_usage(self, containers: list[Container], detailed: bool = False,
-                               layers_max_age: float = 0.0) -> list[ContainerUsage]:
+                               layers_max_age: float = 0.0,
+                               cgroups_max_age: float = 0.0) -> list[ContainerUsage]:
         """Usage of ``containers`` (in that order).
 
         ``detailed`` adds the process count, cgroup accounting and writable-layer filesystem
         the metrics report; the stats calls do without (they are polled as often and need
-        less). ``layers_max_age``: how old a writable layer's figure may be.
+        less). ``layers_max_age`` and ``cgroups_max_age``: how old a writable layer's
+        figure and a cgroup reading may be (0: read now).
         """
         cgroups = self.ctx.cgroups
         paths = {c.id: self.containers.cgroups_path(c) for c in containers if c.pid}
         accounting: dict[str, CgroupAccounting] = {}
         filesystems: dict[str, FilesystemInfo] = {}
         readings, layers = await asyncio.gather(
-            cgroups.containers_usage(paths, processes=detailed) if paths else _nothing(),
+            self._container_cgroups(paths, detailed, cgroups_max_age),
             self.ctx.rootfs.usages([c.id for c in containers], layers_max_age),
         )
         if detailed:
@@ -119,16 +129,41 @@ class UsageReader:
             for c in containers
         ]
 
+    async def _container_cgroups(self, paths: dict[str, str], processes: bool,
+                                 max_age: float) -> dict[str, CgroupUsage]:
+        """Readings of the containers' cgroups (id -> cgroupsPath), up to ``max_age`` old."""
+        if not paths:
+            return {}
+        if processes or max_age <= 0:
+            return await self.ctx.cgroups.containers_usage(paths, processes=processes)
+        async with self._reading:
+            now = time.monotonic()
+            kept = self._readings
+            stale = {cid: path for cid, path in paths.items()
+                     if (entry := kept.get(cid)) is None or now - entry[0] >= max_age}
+            if stale:
+                read = await self.ctx.cgroups.containers_usage(stale)
+                for cid in stale:
+                    if cid in read:
+                        kept[cid] = (now, read[cid])
+                    else:
+                        kept.pop(cid, None)  # gone: its cgroup is not there any more
+                live = self.ctx.store.containers
+                if len(kept) > len(live) + 64:  # sweep removed containers' readings
+                    self._readings = {cid: e for cid, e in kept.items() if cid in live}
+            return {cid: self._readings[cid][1] for cid in paths if cid in self._readings}
+
     async def pods_usage(self, pods: list[tuple[Sandbox, list[Container]]],
-                         detailed: bool = False,
-                         layers_max_age: float = 0.0) -> list[PodUsage]:
+                         detailed: bool = False, layers_max_age: float = 0.0,
+                         cgroups_max_age: float = 0.0) -> list[PodUsage]:
         """Usage of each pod with its containers (as `containers_usage` reads them)."""
         parents = {s.id: s.cgroup_parent for s, _ in pods if s.cgroup_parent}
         # runc makes the pod cgroup with the pod's first container: none before that
         cgroups, interfaces, usage = await asyncio.gather(
             self.ctx.cgroups.pods_usage(parents) if parents else _nothing(),
             self._interfaces(pods),
-            self.containers_usage([c for _, cs in pods for c in cs], detailed, layers_max_age),
+            self.containers_usage([c for _, cs in pods for c in cs], detailed, layers_max_age,
+                                  cgroups_max_age),
         )
         by_id = {u.container.id: u for u in usage}
         now = time.time_ns()
