@@ -42,6 +42,8 @@ class SnapshotStore:
         self._locks: dict[str, asyncio.Lock] = {}
         # key -> (time.monotonic() of the walk, (bytes, inodes)); dropped with the snapshot
         self._usage: dict[str, tuple[float, tuple[int, int]]] = {}
+        self._walking = asyncio.Lock()  # calls of one kubelet round share one walk
+        self._removed: set[str] = set()  # during the walk under way: not to be kept
 
     def setup(self) -> None:
         private_dir(self.root)
@@ -133,6 +135,7 @@ class SnapshotStore:
             await self.records.delete(key)
         self._locks.pop(key, None)
         self._usage.pop(key, None)
+        self._removed.add(key)
 
     def _remove_files(self, directory: Path) -> None:
         if not directory.exists():
@@ -153,23 +156,28 @@ class SnapshotStore:
         """Bytes and inodes of the writable layers of ``keys``; keys without one left out.
 
         Figures younger than ``max_age`` seconds are answered from memory; the others are
-        walked in one worker thread for the whole batch.
+        walked in one worker thread for the whole batch, one batch at a time, so that calls
+        arriving together (ListContainerStats, ListPodSandboxStats, ImageFsInfo) walk once.
         """
-        now = time.monotonic()
-        found: dict[str, tuple[int, int]] = {}
-        stale: dict[str, Path] = {}
-        for key in keys:
-            cached = self._usage.get(key)
-            if cached is not None and now - cached[0] < max_age:
-                found[key] = cached[1]
-            else:
-                stale[key] = self._dir(key) / "upper"
-        if stale:
-            walked = await asyncio.to_thread(_walk_uppers, stale)
-            for key, figures in walked.items():
-                self._usage[key] = (now, figures)
-                found[key] = figures
-        return found
+        async with self._walking:
+            now = time.monotonic()
+            found: dict[str, tuple[int, int]] = {}
+            stale: dict[str, Path] = {}
+            for key in keys:
+                cached = self._usage.get(key)
+                if cached is not None and now - cached[0] < max_age:
+                    found[key] = cached[1]
+                else:
+                    stale[key] = self._dir(key) / "upper"
+            if stale:
+                self._removed.clear()
+                walked = await asyncio.to_thread(_walk_uppers, stale)
+                for key, figures in walked.items():
+                    if key not in self._removed:
+                        self._usage[key] = (now, figures)
+                        found[key] = figures
+                self._removed.clear()
+            return found
 
     async def keys(self) -> list[str]:
         return [doc["key"] for doc in await self.records.find()]
