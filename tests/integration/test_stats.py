@@ -131,6 +131,25 @@ def test_pod_stats_report_processes_cpu_and_network_that_grows(
     assert {c.attributes.id for c in linux.containers} == {burner, idle}
 
 
+def test_every_pod_of_a_list_reports_its_own_network(env: PodsEnv,
+                                                      pod: tuple[str, str, str]) -> None:
+    pod_id, _, _ = pod
+    empty = env.run_pod()  # no process in its namespace: read through nsenter
+    try:
+        stats = {s.attributes.id: s for s in env.runtime.ListPodSandboxStats(
+            cri_pb2.ListPodSandboxStatsRequest()).stats}
+        interfaces = {pid: {i.name for i in stats[pid].linux.network.interfaces}
+                      for pid in (pod_id, empty)}
+        assert interfaces[pod_id] >= {"eth0", "lo"} and interfaces[empty] >= {"eth0", "lo"}
+        assert stats[empty].linux.network.default_interface.name == "eth0"
+        assert not stats[empty].linux.containers
+        # The two pods' eth0 are different interfaces: the one with traffic has its own.
+        assert (stats[pod_id].linux.network.default_interface.rx_bytes.value
+                != stats[empty].linux.network.default_interface.rx_bytes.value)
+    finally:
+        env.remove_pod(empty)
+
+
 def test_list_stats_filter_like_list_calls(env: PodsEnv, pod: tuple[str, str, str]) -> None:
     pod_id, burner, idle = pod
     other = env.run_pod()

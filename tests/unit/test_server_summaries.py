@@ -42,3 +42,18 @@ def test_messages_of_removed_containers_are_swept() -> None:
         summaries.containers([container(f"gone{index}")], {f"gone{index}"})
     summaries.containers([container("kept")], {"kept"})
     assert len(summaries._containers) <= 1 + 64
+
+
+def test_a_relist_with_nothing_changed_is_answered_with_the_previous_response() -> None:
+    summaries = Summaries()
+    one, two = container("c1"), container("c2")
+    live = {"c1", "c2"}
+    first = summaries.list_containers([one, two], live)
+    assert [c.id for c in first.containers] == ["c1", "c2"]
+    assert summaries.list_containers([one, two], live) is first
+    assert [c.id for c in summaries.list_containers([one], live).containers] == ["c1"]
+    two.state = ContainerState.EXITED
+    again = summaries.list_containers([one, two], live)
+    assert again is not first and again.containers[1].state == cri_pb2.CONTAINER_EXITED
+    pods = summaries.list_sandboxes([sandbox("s1")], {"s1"})
+    assert [p.id for p in pods.items] == ["s1"]

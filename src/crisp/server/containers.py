@@ -93,9 +93,7 @@ class ContainerCalls:
             id_prefix=wanted.id, state=state, sandbox_id=wanted.pod_sandbox_id,
             labels=dict(wanted.label_selector),
         )
-        return cri_pb2.ListContainersResponse(
-            containers=self.summaries.containers(containers, self._pods.container_ids())
-        )
+        return self.summaries.list_containers(containers, self._pods.container_ids())
 
     async def UpdateContainerResources(
         self, request: cri_pb2.UpdateContainerResourcesRequest, context: Context

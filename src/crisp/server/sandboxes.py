@@ -83,8 +83,7 @@ class SandboxCalls:
         sandboxes = self._pods.list_sandboxes(
             id_prefix=wanted.id, state=state, labels=dict(wanted.label_selector)
         )
-        return cri_pb2.ListPodSandboxResponse(
-            items=self.summaries.sandboxes(sandboxes, self._pods.sandbox_ids()))
+        return self.summaries.list_sandboxes(sandboxes, self._pods.sandbox_ids())
 
     async def UpdatePodSandboxResources(
         self, request: cri_pb2.UpdatePodSandboxResourcesRequest, context: Context
