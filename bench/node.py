@@ -8,15 +8,18 @@ ListContainerStats, plus ListPodSandboxStats every 10 s (PodAndContainerStatsFro
 ContainerStatus scales with the number of containers; the relists do not.
 
 Printed per runtime: the daemon's CPU (share of one core) and that of its per-pod processes,
-the daemon's RSS, and p50/p99 latency per RPC, with crisp/containerd ratios. Run as root from
-the repository root::
+the daemon's RSS, and p50/p99 latency per RPC, with crisp/containerd ratios; ``--json OUT``
+writes the same figures as ``{metric: {"crisp": value, "containerd": value}}`` (latencies
+under ``latency_ms``, per RPC). Run as root from the repository root::
 
-    python bench/node.py [--pods 110] [--duration 300]
+    python bench/node.py [--pods 110] [--minutes 5] [--json node.json]
+    python bench/node.py --pods 30 --minutes 1      # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -145,11 +148,17 @@ def steady_state(runtime: Runtime, driver: PodDriver, containers: list[str],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=110)
-    parser.add_argument("--duration", type=float, default=300.0, help="seconds of polling")
+    parser.add_argument("--minutes", type=float, default=5.0, help="minutes of polling")
+    parser.add_argument("--duration", type=float, help="seconds of polling (overrides --minutes)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
     parser.add_argument("--only", choices=("crisp", "containerd"), help="measure one runtime")
     options = parser.parse_args()
+    if options.duration is None:
+        options.duration = options.minutes * 60.0
     if os.geteuid() != 0:
         sys.exit("run as root: the runtimes mount overlays and create namespaces")
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} (machine of {os.cpu_count()} "
+          "cores; other load makes the figures noisy)", flush=True)
     base = Path(tempfile.mkdtemp(prefix="crisp-node-"))
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -175,8 +184,38 @@ def main() -> None:
                     for pod_id, ids in running:
                         driver.stop_pod(pod_id, ids)
         report(results, options.pods)
+        print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        if options.json is not None:
+            options.json.write_text(json.dumps(as_json(results, options), indent=2) + "\n")
+            print(f"wrote {options.json}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def as_json(results: dict[str, dict[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
+    """The figures keyed by metric, then runtime (what bench/report.py reads)."""
+    mib = 2**20
+
+    def per_runtime(read: Callable[[dict[str, Any]], float]) -> dict[str, float]:
+        return {name: round(read(result), 3) for name, result in results.items()}
+
+    latency: dict[str, dict[str, dict[str, float]]] = {}
+    for name, result in results.items():
+        for rpc, samples in result["latencies"].items():
+            if samples:
+                latency.setdefault(rpc, {})[name] = {
+                    "p50": round(statistics.median(samples) * 1000, 3),
+                    "p99": round(percentile(samples, 0.99) * 1000, 3), "calls": len(samples)}
+    return {
+        "pods": options.pods, "containers_per_pod": 2, "seconds": options.duration,
+        "load_average": list(os.getloadavg()),
+        "daemon_cpu_percent": per_runtime(lambda r: r["cpu"] * 100),
+        "per_pod_cpu_percent": per_runtime(lambda r: r["pod_cpu"] * 100),
+        "daemon_rss_mib": per_runtime(lambda r: r["rss"] / mib),
+        "daemon_rss_peak_mib": per_runtime(lambda r: r["peak"] / mib),
+        "daemon_anonymous_mib": per_runtime(lambda r: r["smaps"].get("Anonymous", 0) / mib),
+        "latency_ms": latency,
+    }
 
 
 def report(results: dict[str, dict[str, Any]], pods: int) -> None:

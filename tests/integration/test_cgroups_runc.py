@@ -38,7 +38,7 @@ from crisp.cgroups import (
     read_stats,
     remove_cgroup,
 )
-from crisp.errors import FailedPrecondition, NotFound
+from crisp.errors import FailedPrecondition
 from crisp.oci.seccomp import load_localhost_profile, runtime_default_profile
 
 pytestmark = [
@@ -388,13 +388,14 @@ async def test_service_end_to_end_for_a_pod_without_a_parent(
             rate = batch[c.id].cpu_nano_cores
             assert rate is not None and 100_000_000 < rate < 400_000_000, rate
 
-            pod = await service.pod_usage(sandbox_id, parent)
-            assert pod.stats.process_count == 1
+            assert batch[c.id].stats.process_count is None  # CRI's container stats lack it
+            pods = await service.pods_usage({sandbox_id: parent, "gone": parent + "-gone"})
+            assert set(pods) == {sandbox_id}
+            assert pods[sandbox_id].stats.process_count == 1
             service.forget(c.id)
             assert (await service.container_usage(c.id, path)).cpu_nano_cores is None
         await service.release_sandbox_parent(parent)
-        with pytest.raises(NotFound):
-            await service.pod_usage(sandbox_id, parent)
+        assert await service.pods_usage({sandbox_id: parent}) == {}
     finally:
         remove_cgroup(service.host, parent)
 

@@ -194,6 +194,32 @@ async def test_filesystem_usage(service: ImageService, images: Images) -> None:
     assert usage.containers.mountpoint.endswith("containers")
 
 
+async def test_container_usage_counts_writable_layers_only(service: ImageService,
+                                                           images: Images) -> None:
+    image = await service.pull(images.ref("test/busybox:latest"))
+    layer_bytes = sum(layer.size for layer in await service.layers.all())
+    assert layer_bytes > 1_000_000
+    for key in ("one", "two"):
+        await service.snapshots.prepare(key, await service.lower_dirs(image))
+    # The mounted rootfs shows the image's files: they are the image's, not the containers'.
+    usage = await service.filesystem_usage()
+    assert usage.containers.used_bytes < 100_000
+    assert usage.containers.inodes_used >= 2  # the two upper directories
+
+    rootfs = service.snapshots.root / "one" / "rootfs"
+    (rootfs / "data").write_bytes(os.urandom(1 << 20))
+    walked = await service.snapshots.usages(["one", "two", "never"], max_age=0.0)
+    assert set(walked) == {"one", "two"}
+    assert walked["one"][0] >= 1 << 20 and walked["one"][1] == walked["two"][1] + 1
+    (rootfs / "more").write_bytes(os.urandom(1 << 20))
+    # The polled calls take a figure up to max_age old; a fresh walk sees the new file.
+    assert await service.snapshots.usages(["one"], max_age=60.0) == {"one": walked["one"]}
+    assert (await service.snapshots.usage("one"))[0] >= walked["one"][0] + (1 << 20)
+    assert (await service.snapshots.total_usage(max_age=0.0))[0] >= 2 << 20
+    await service.snapshots.remove("one")
+    assert set(await service.snapshots.usages(["one", "two"], max_age=60.0)) == {"two"}
+
+
 @pytest.fixture
 async def cri(
     service: ImageService, tmp_path: Path

@@ -99,6 +99,8 @@ def test_update_resources_is_applied_live_and_shown_in_status(env: PodsEnv,
         container.linux.resources.cpu_quota = 30_000
         container.linux.resources.cpu_period = 100_000
         container_id = env.run_container(pod, container)
+        # Read once before the update: the limits status keeps must not outlive it.
+        assert env.status(container_id).status.resources.linux.cpu_quota == 30_000
         env.runtime.UpdateContainerResources(cri_pb2.UpdateContainerResourcesRequest(
             container_id=container_id, linux=cri_pb2.LinuxContainerResources(
                 cpu_quota=70_000, cpu_period=100_000, memory_limit_in_bytes=80 << 20)))

@@ -84,6 +84,25 @@ def test_writable_layer_grows_when_a_file_is_written(env: PodsEnv,
     assert after.fs_id.mountpoint
 
 
+def test_the_polled_list_calls_share_one_reading(env: PodsEnv,
+                                                  pod: tuple[str, str, str]) -> None:
+    pod_id, burner, _ = pod
+    began = time.monotonic()
+    pods = env.runtime.ListPodSandboxStats(cri_pb2.ListPodSandboxStatsRequest()).stats
+    listed = env.runtime.ListContainerStats(cri_pb2.ListContainerStatsRequest()).stats
+    took = time.monotonic() - began
+    in_pod = {c.attributes.id: c for p in pods if p.attributes.id == pod_id
+              for c in p.linux.containers}
+    in_list = {c.attributes.id: c for c in listed}
+    if took < 1.5:  # the kubelet's round: the second call reuses the first one's reading
+        assert in_list[burner].cpu.timestamp == in_pod[burner].cpu.timestamp
+        assert (in_list[burner].cpu.usage_core_nano_seconds.value
+                == in_pod[burner].cpu.usage_core_nano_seconds.value)
+    # A call about one container reads it now.
+    single = container_stats(env, burner)
+    assert single.cpu.timestamp > in_list[burner].cpu.timestamp
+
+
 def test_pod_stats_report_processes_cpu_and_network_that_grows(
         env: PodsEnv, pod: tuple[str, str, str]) -> None:
     pod_id, burner, idle = pod
@@ -110,6 +129,25 @@ def test_pod_stats_report_processes_cpu_and_network_that_grows(
     loopback_before = {i.name: i for i in before.linux.network.interfaces}["lo"]
     assert loopback.rx_bytes.value > loopback_before.rx_bytes.value
     assert {c.attributes.id for c in linux.containers} == {burner, idle}
+
+
+def test_every_pod_of_a_list_reports_its_own_network(env: PodsEnv,
+                                                      pod: tuple[str, str, str]) -> None:
+    pod_id, _, _ = pod
+    empty = env.run_pod()  # no process in its namespace: read through nsenter
+    try:
+        stats = {s.attributes.id: s for s in env.runtime.ListPodSandboxStats(
+            cri_pb2.ListPodSandboxStatsRequest()).stats}
+        interfaces = {pid: {i.name for i in stats[pid].linux.network.interfaces}
+                      for pid in (pod_id, empty)}
+        assert interfaces[pod_id] >= {"eth0", "lo"} and interfaces[empty] >= {"eth0", "lo"}
+        assert stats[empty].linux.network.default_interface.name == "eth0"
+        assert not stats[empty].linux.containers
+        # The two pods' eth0 are different interfaces: the one with traffic has its own.
+        assert (stats[pod_id].linux.network.default_interface.rx_bytes.value
+                != stats[empty].linux.network.default_interface.rx_bytes.value)
+    finally:
+        env.remove_pod(empty)
 
 
 def test_list_stats_filter_like_list_calls(env: PodsEnv, pod: tuple[str, str, str]) -> None:

@@ -24,7 +24,12 @@ from crisp.cgroups.driver import (
     expand_slice,
 )
 from crisp.cgroups.host import CgroupHost, CgroupMode, detect_host
-from crisp.cgroups.netdev import InterfaceStats, interfaces_of_netns, interfaces_of_pid
+from crisp.cgroups.netdev import (
+    InterfaceStats,
+    interfaces_of_netns,
+    interfaces_of_netns_many,
+    interfaces_of_pid,
+)
 from crisp.cgroups.processes import ProcessTotals
 from crisp.cgroups.resources import (
     HugepageLimit,
@@ -71,6 +76,7 @@ __all__ = [
     "driver_for",
     "expand_slice",
     "interfaces_of_netns",
+    "interfaces_of_netns_many",
     "interfaces_of_pid",
     "oci_resources",
     "read_accounting",

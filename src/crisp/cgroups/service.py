@@ -98,10 +98,14 @@ class CgroupService:
         stats = await asyncio.to_thread(read_stats, self.host, cgroup)
         return CgroupUsage(stats, self._rates.update(container_id, stats))
 
-    async def containers_usage(self, cgroups_paths: dict[str, str]) -> dict[str, CgroupUsage]:
-        """Usage of many containers (id -> cgroupsPath) in one thread; gone ones left out."""
+    async def containers_usage(self, cgroups_paths: dict[str, str],
+                               processes: bool = False) -> dict[str, CgroupUsage]:
+        """Usage of many containers (id -> cgroupsPath) in one thread; gone ones left out.
+
+        ``processes`` counts each one's processes too (the metrics; CRI stats do without).
+        """
         cgroups = {cid: self.driver.container_cgroup(path) for cid, path in cgroups_paths.items()}
-        readings = await read_stats_many(self.host, cgroups.values())
+        readings = await read_stats_many(self.host, cgroups.values(), processes)
         usage: dict[str, CgroupUsage] = {}
         for container_id, cgroup in cgroups.items():
             if (stats := readings.get(cgroup)) is not None:
@@ -116,11 +120,18 @@ class CgroupService:
                    for cid, (path, pid) in containers.items()}
         return await read_accounting_many(self.host, cgroups)
 
-    async def pod_usage(self, sandbox_id: str, cgroup_parent: str) -> CgroupUsage:
-        """A pod's usage from its cgroup parent (all its containers together)."""
-        cgroup = self.driver.parent_cgroup(cgroup_parent)
-        stats = await asyncio.to_thread(read_stats, self.host, cgroup)
-        return CgroupUsage(stats, self._rates.update(f"pod:{sandbox_id}", stats))
+    async def pods_usage(self, cgroup_parents: dict[str, str]) -> dict[str, CgroupUsage]:
+        """Usage of many pods (sandbox id -> cgroup parent, all its containers together)
+        in one thread; pods whose cgroup is not there (yet, or any more) are left out."""
+        cgroups = {sid: self.driver.parent_cgroup(parent)
+                   for sid, parent in cgroup_parents.items()}
+        readings = await read_stats_many(self.host, cgroups.values())
+        usage: dict[str, CgroupUsage] = {}
+        for sandbox_id, cgroup in cgroups.items():
+            if (stats := readings.get(cgroup)) is not None:
+                usage[sandbox_id] = CgroupUsage(stats,
+                                                self._rates.update(f"pod:{sandbox_id}", stats))
+        return usage
 
     async def update_pod_resources(self, cgroup_parent: str, resources: LinuxResources) -> None:
         """Write a pod's new limits into its cgroup parent (UpdatePodSandboxResources)."""

@@ -178,19 +178,21 @@ def _process_count(host: CgroupHost, cgroup: str) -> int | None:
     return sum(len((read_text(procs) or "").split()) for procs in procs_files(directory))
 
 
-def read_stats(host: CgroupHost, cgroup: str) -> ContainerCgroupStats:
+def read_stats(host: CgroupHost, cgroup: str, processes: bool = True) -> ContainerCgroupStats:
     """One reading of the cgroup at absolute path ``cgroup`` (blocking; see module doc).
 
     Works for containers and pod cgroups alike (v1 and v2 counters are hierarchical).
+    ``processes`` False leaves ``process_count`` unset: counting walks the cgroup tree, and
+    CRI's container stats do not carry it (only pods' do, and the metrics).
     Raises NotFound when the cgroup does not exist.
     """
     if not _exists(host, cgroup):
         raise NotFound(f"cgroup {cgroup} does not exist on this host")
     with gone_as_not_found(cgroup):
-        return _read_stats(host, cgroup)
+        return _read_stats(host, cgroup, processes)
 
 
-def _read_stats(host: CgroupHost, cgroup: str) -> ContainerCgroupStats:
+def _read_stats(host: CgroupHost, cgroup: str, processes: bool) -> ContainerCgroupStats:
     timestamp_ns = time.time_ns()
     monotonic_ns = time.monotonic_ns()
     cpu = _cpu_usage(host, cgroup)
@@ -207,16 +209,17 @@ def _read_stats(host: CgroupHost, cgroup: str) -> ContainerCgroupStats:
         major_page_faults=memory.major_page_faults,
         swap_usage_bytes=memory.swap_usage,
         swap_available_bytes=memory.swap_available,
-        process_count=_process_count(host, cgroup),
+        process_count=_process_count(host, cgroup) if processes else None,
         oom_kills=memory.oom_kills,
     )
 
 
-def _read_many(host: CgroupHost, cgroups: list[str]) -> dict[str, ContainerCgroupStats]:
+def _read_many(host: CgroupHost, cgroups: list[str],
+               processes: bool) -> dict[str, ContainerCgroupStats]:
     result: dict[str, ContainerCgroupStats] = {}
     for cgroup in cgroups:
         try:
-            result[cgroup] = read_stats(host, cgroup)
+            result[cgroup] = read_stats(host, cgroup, processes)
         except NotFound:
             continue  # gone between listing and reading: the caller reports it as absent
     return result
@@ -228,10 +231,10 @@ async def read_stats_async(host: CgroupHost, cgroup: str) -> ContainerCgroupStat
 
 
 async def read_stats_many(
-    host: CgroupHost, cgroups: Iterable[str]
+    host: CgroupHost, cgroups: Iterable[str], processes: bool = True
 ) -> dict[str, ContainerCgroupStats]:
     """Readings of many cgroups in one worker thread; cgroups that are gone are left out."""
-    return await asyncio.to_thread(_read_many, host, list(cgroups))
+    return await asyncio.to_thread(_read_many, host, list(cgroups), processes)
 
 
 @dataclass(frozen=True)

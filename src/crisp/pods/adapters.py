@@ -67,6 +67,9 @@ class SnapshotsForPods:
     async def usage(self, key: str) -> tuple[int, int]:
         return await self.snapshots.usage(key)
 
+    async def usages(self, keys: list[str], max_age: float) -> dict[str, tuple[int, int]]:
+        return await self.snapshots.usages(keys, max_age)
+
     async def keys(self) -> list[str]:
         return await self.snapshots.keys()
 

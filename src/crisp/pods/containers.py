@@ -85,6 +85,11 @@ class ContainerManager:
     def __init__(self, ctx: PodContext):
         self.ctx = ctx
         self.watcher = ExitWatcher(self.record_exit)
+        # container id -> (init pid, the limits read back from its cgroup): ContainerStatus
+        # is the kubelet's most frequent call, and only UpdateContainerResources (here)
+        # changes them. Dropped on update and removal; a restart has a new pid.
+        self._in_force: dict[str, tuple[int, Resources]] = {}
+        self._updates = 0  # a read that overlapped an update keeps nothing
         self._exited: dict[str, asyncio.Event] = {}
 
     # Create ------------------------------------------------------------------------------
@@ -407,6 +412,7 @@ class ContainerManager:
             await store.delete_container(container)
             await self.ctx.journal.finish(operation)
         store.forget_lock(container_id)
+        self._in_force.pop(container_id, None)
         if self.ctx.cgroups_service is not None:
             self.ctx.cgroups_service.forget(container_id)
         self.publish(container, EventKind.DELETED)
@@ -460,8 +466,13 @@ class ContainerManager:
             cgroups.oom_score_adj(resources.oom_score_adj)  # range check only: runc cannot
             wanted = linux_resources(resources, cgroups.host)  # change a live process's
             if wanted:
+                self._updates += 1
+                self._in_force.pop(container_id, None)
                 backend = self.ctx.backend(container.runtime_handler)
-                await backend.runtime.update(container_id, wanted)
+                try:
+                    await backend.runtime.update(container_id, wanted)
+                finally:
+                    self._updates += 1
             container.config = replace(container.config, resources=resources)
             await self.save(container)
 
@@ -503,12 +514,18 @@ class ContainerManager:
         requested = container.config.resources
         if container.state != ContainerState.RUNNING or self.ctx.cgroups_service is None:
             return requested
+        known = self._in_force.get(container.id)
+        if known is not None and known[0] == container.pid:
+            return known[1]
+        updates = self._updates
         try:
             read = await self.ctx.cgroups.container_resources(self.cgroups_path(container),
                                                               container.pid)
         except NotFound:
             return requested
-        return Resources(
+        if container.state != ContainerState.RUNNING:  # exited meanwhile: nothing to keep
+            return requested
+        in_force = Resources(
             cpu_period=read.cpu_period, cpu_quota=read.cpu_quota, cpu_shares=read.cpu_shares,
             memory_limit_in_bytes=read.memory_limit_in_bytes, oom_score_adj=read.oom_score_adj,
             cpuset_cpus=read.cpuset_cpus, cpuset_mems=read.cpuset_mems,
@@ -516,6 +533,9 @@ class ContainerManager:
             # Not readable back as such (the kernel has no file of "the keys set"): as asked.
             unified=dict(requested.unified), hugepage_limits=read.hugepage_limits,
         )
+        if updates == self._updates:
+            self._in_force[container.id] = (container.pid, in_force)
+        return in_force
 
     async def reopen_log(self, container_id: str) -> None:
         container = self.ctx.store.container(container_id)

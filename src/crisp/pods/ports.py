@@ -40,6 +40,9 @@ class RootfsStore(Protocol):
     async def usage(self, key: str) -> tuple[int, int]:
         """Bytes and inodes the writable layer of ``key`` holds; NotFound if it has none."""
 
+    async def usages(self, keys: list[str], max_age: float) -> dict[str, tuple[int, int]]:
+        """`usage` of many keys, figures up to ``max_age`` s old; keys without one left out."""
+
 
 class PodNetwork(Protocol):
     async def setup(self, sandbox: Sandbox, netns_path: str) -> list[str]:

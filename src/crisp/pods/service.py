@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, KeysView
 from typing import Any, TypeVar
 
 from crisp.cgroups import CgroupService
@@ -34,7 +34,13 @@ from crisp.pods.portforward import connect_in_namespace
 from crisp.pods.ports import ImageSource, PodNetwork, RootfsStore
 from crisp.pods.recovery import Recovery
 from crisp.pods.sandboxes import SandboxManager
-from crisp.pods.stats import ContainerUsage, PodUsage, UsageReader
+from crisp.pods.stats import (
+    POLLED_CGROUPS_MAX_AGE_SECONDS,
+    POLLED_LAYERS_MAX_AGE_SECONDS,
+    ContainerUsage,
+    PodUsage,
+    UsageReader,
+)
 from crisp.pods.store import PodStore
 from crisp.state import Database, Journal
 
@@ -116,6 +122,14 @@ class PodService:
              and labels_match(s.config.labels, labels or {})),
             key=lambda s: s.created_at,
         )
+
+    def sandbox_ids(self) -> KeysView[str]:
+        """The id of every sandbox there is (a live view, not a copy)."""
+        return self.ctx.store.sandboxes.keys()
+
+    def container_ids(self) -> KeysView[str]:
+        """The id of every container there is (a live view, not a copy)."""
+        return self.ctx.store.containers.keys()
 
     def image_volume_users(self, image_id: str) -> list[str]:
         """Containers that mount ``image_id`` as an image volume (RemoveImage refuses then)."""
@@ -262,7 +276,9 @@ class PodService:
         """Usage of the containers the filter selects (as ListContainers filters)."""
         containers = self.list_containers(id_prefix=id_prefix, sandbox_id=sandbox_id,
                                           labels=labels)
-        return await self.usage.containers_usage(containers)
+        return await self.usage.containers_usage(
+            containers, layers_max_age=POLLED_LAYERS_MAX_AGE_SECONDS,
+            cgroups_max_age=POLLED_CGROUPS_MAX_AGE_SECONDS)
 
     async def sandbox_usage(self, sandbox_id: str) -> PodUsage:
         sandbox = self.sandbox(sandbox_id)
@@ -276,9 +292,9 @@ class PodService:
         ``detailed`` adds what only the metrics report (see UsageReader.containers_usage).
         """
         sandboxes = self.list_sandboxes(id_prefix=id_prefix, labels=labels)
-        return list(await asyncio.gather(*(
-            self.usage.pod_usage(s, self.containers_of(s.id), detailed) for s in sandboxes
-        )))
+        return await self.usage.pods_usage([(s, self.containers_of(s.id)) for s in sandboxes],
+                                           detailed, POLLED_LAYERS_MAX_AGE_SECONDS,
+                                           POLLED_CGROUPS_MAX_AGE_SECONDS)
 
     async def reopen_log(self, container_id: str) -> None:
         await self.containers.reopen_log(self.container(container_id).id)

@@ -14,11 +14,11 @@ from crisp.server.pod_convert import (
     CONTAINER_STATES_BY_CODE,
     container_config,
     container_status,
-    container_summary,
     resources,
     sandbox_status,
 )
 from crisp.server.services import Services
+from crisp.server.summaries import Summaries
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -34,6 +34,7 @@ class ContainerCalls:
     """CreateContainer ... GetContainerEvents."""
 
     services: Services
+    summaries: Summaries
 
     @property
     def _pods(self) -> PodService:
@@ -92,9 +93,7 @@ class ContainerCalls:
             id_prefix=wanted.id, state=state, sandbox_id=wanted.pod_sandbox_id,
             labels=dict(wanted.label_selector),
         )
-        return cri_pb2.ListContainersResponse(
-            containers=[container_summary(c) for c in containers]
-        )
+        return self.summaries.list_containers(containers, self._pods.container_ids())
 
     async def UpdateContainerResources(
         self, request: cri_pb2.UpdateContainerResourcesRequest, context: Context

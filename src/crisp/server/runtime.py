@@ -9,6 +9,7 @@ from crisp.server.sandboxes import SandboxCalls
 from crisp.server.services import Services
 from crisp.server.stats import StatsCalls
 from crisp.server.streaming import StreamingCalls
+from crisp.server.summaries import Summaries
 from crisp.server.unimplemented import fill_unimplemented
 
 
@@ -20,6 +21,7 @@ class RuntimeServicer(
 
     def __init__(self, services: Services):
         self.services = services
+        self.summaries = Summaries()
 
 
 fill_unimplemented(

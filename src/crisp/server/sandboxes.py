@@ -17,11 +17,10 @@ from crisp.server.pod_convert import (
     container_status,
     resources,
     sandbox_config,
-    sandbox_metadata,
-    sandbox_state,
     sandbox_status,
 )
 from crisp.server.services import Services
+from crisp.server.summaries import Summaries
 
 _SANDBOX_STATES = {
     cri_pb2.SANDBOX_READY: SandboxState.READY, cri_pb2.SANDBOX_NOTREADY: SandboxState.NOTREADY,
@@ -33,6 +32,7 @@ class SandboxCalls:
     """The pod sandbox RPCs of the RuntimeService."""
 
     services: Services
+    summaries: Summaries
 
     @property
     def _pods(self) -> PodService:
@@ -83,14 +83,7 @@ class SandboxCalls:
         sandboxes = self._pods.list_sandboxes(
             id_prefix=wanted.id, state=state, labels=dict(wanted.label_selector)
         )
-        return cri_pb2.ListPodSandboxResponse(items=[
-            cri_pb2.PodSandbox(
-                id=s.id, metadata=sandbox_metadata(s), state=sandbox_state(s),
-                created_at=s.created_at, labels=s.config.labels,
-                annotations=s.config.annotations, runtime_handler=s.runtime_handler,
-            )
-            for s in sandboxes
-        ])
+        return self.summaries.list_sandboxes(sandboxes, self._pods.sandbox_ids())
 
     async def UpdatePodSandboxResources(
         self, request: cri_pb2.UpdatePodSandboxResourcesRequest, context: Context

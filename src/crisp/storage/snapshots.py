@@ -87,6 +87,13 @@ def shift_owners(rootfs: Path, shift: OwnerShift) -> None:
             one(os.path.join(top, name))
 
 
+USAGE_MAX_AGE_SECONDS = 10.0
+"""How old a writable layer's figure may be for the polled calls (ListContainerStats,
+ListPodSandboxStats, ImageFsInfo): the kubelet asks every 10 s, and walking every container's
+upper directory for each call was most of the daemon's CPU at steady state. containerd's CRI
+plugin collects snapshot usage in the background on the same period."""
+
+
 class SnapshotStore:
     """Prepares, unmounts and removes container root filesystems."""
 
@@ -97,6 +104,10 @@ class SnapshotStore:
         self.empty_lower = root / "layers" / "empty"
         self.records = Records(db, "snapshots")
         self._locks: dict[str, asyncio.Lock] = {}
+        # key -> (time.monotonic() of the walk, (bytes, inodes)); dropped with the snapshot
+        self._usage: dict[str, tuple[float, tuple[int, int]]] = {}
+        self._walking = asyncio.Lock()  # calls of one kubelet round share one walk
+        self._removed: set[str] = set()  # during the walk under way: not to be kept
 
     def setup(self) -> None:
         private_dir(self.root)
@@ -226,6 +237,8 @@ class SnapshotStore:
             await asyncio.to_thread(self._remove_files, directory)
             await self.records.delete(key)
         self._locks.pop(key, None)
+        self._usage.pop(key, None)
+        self._removed.add(key)
 
     def _remove_files(self, directory: Path) -> None:
         if not directory.exists():
@@ -235,11 +248,39 @@ class SnapshotStore:
         shutil.rmtree(directory)
 
     async def usage(self, key: str) -> tuple[int, int]:
-        """Bytes and inodes the writable layer of ``key`` uses."""
-        upper = self._dir(key) / "upper"
-        if not upper.is_dir():
+        """Bytes and inodes the writable layer of ``key`` uses, walked now."""
+        found = await self.usages([key], max_age=0.0)
+        if key not in found:
             raise NotFound(f"snapshot {key!r} does not exist")
-        return await asyncio.to_thread(disk_usage, upper)
+        return found[key]
+
+    async def usages(self, keys: list[str],
+                     max_age: float = USAGE_MAX_AGE_SECONDS) -> dict[str, tuple[int, int]]:
+        """Bytes and inodes of the writable layers of ``keys``; keys without one left out.
+
+        Figures younger than ``max_age`` seconds are answered from memory; the others are
+        walked in one worker thread for the whole batch, one batch at a time, so that calls
+        arriving together (ListContainerStats, ListPodSandboxStats, ImageFsInfo) walk once.
+        """
+        async with self._walking:
+            now = time.monotonic()
+            found: dict[str, tuple[int, int]] = {}
+            stale: dict[str, Path] = {}
+            for key in keys:
+                cached = self._usage.get(key)
+                if cached is not None and now - cached[0] < max_age:
+                    found[key] = cached[1]
+                else:
+                    stale[key] = self._dir(key) / "upper"
+            if stale:
+                self._removed.clear()
+                walked = await asyncio.to_thread(_walk_uppers, stale)
+                for key, figures in walked.items():
+                    if key not in self._removed:
+                        self._usage[key] = (now, figures)
+                        found[key] = figures
+                self._removed.clear()
+            return found
 
     async def keys(self) -> list[str]:
         return [doc["key"] for doc in await self.records.find()]
@@ -251,6 +292,17 @@ class SnapshotStore:
             result.update(Path(p) for p in doc["lower_dirs"])
         return result
 
-    async def total_usage(self) -> tuple[int, int]:
-        """Bytes and inodes of all writable layers together."""
-        return await asyncio.to_thread(disk_usage, self.root)
+    async def total_usage(self,
+                          max_age: float = USAGE_MAX_AGE_SECONDS) -> tuple[int, int]:
+        """Bytes and inodes of all writable layers together (figures as `usages` keeps).
+
+        Only the upper directories count: a walk of the whole store went through every
+        mounted rootfs too, counting each container's image layers as its own.
+        """
+        found = await self.usages(await self.keys(), max_age)
+        return sum(b for b, _ in found.values()), sum(i for _, i in found.values())
+
+
+def _walk_uppers(uppers: dict[str, Path]) -> dict[str, tuple[int, int]]:
+    """`disk_usage` of each existing upper directory (blocking)."""
+    return {key: disk_usage(upper) for key, upper in uppers.items() if upper.is_dir()}
