@@ -140,11 +140,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 
 @contextlib.contextmanager
-def crisp(directory: Path) -> Iterator[Path]:
+def crisp(directory: Path, log_level: str = "info") -> Iterator[Path]:
     socket = directory / "run" / "crisp.sock"
     config = directory / "crisp.toml"
     config.write_text(f'root_dir = "{directory}/root"\nrun_dir = "{directory}/run"\n'
-                      f'socket = "{socket}"\nlog_level = "info"\n')
+                      f'socket = "{socket}"\nlog_level = "{log_level}"\n')
     log = directory / "crisp.log"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     with open(log, "wb") as out:
@@ -178,7 +178,7 @@ def time_pull(socket: Path, reference: str) -> float:
 
 DOWNLOADED = re.compile(r"downloaded sha256:[0-9a-f]+ of \S+ \((\d+) bytes in ([\d.]+)s\)")
 UNPACKED = re.compile(r"layer sha256:[0-9a-f]+ of \S+ ready \(\d+ bytes, (\d+) unpacked, "
-                      r"unpacked in ([\d.]+)s\)")
+                      r"(?:downloaded and )?unpacked in ([\d.]+)s\)")
 
 
 @dataclass
@@ -224,6 +224,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--log-dir", type=Path,
+                        help="keep both runtimes' logs here (crisp logs at debug level: the "
+                        "time of each pull phase)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/pull.py needs root (overlay layers, device nodes)", file=sys.stderr)
@@ -247,7 +250,7 @@ def main() -> int:
             (work / "containerd").mkdir()
             (work / "crisp").mkdir()
             with containerd(work / "containerd", registry.host) as ctr_socket, \
-                    crisp(work / "crisp") as crisp_socket:
+                    crisp(work / "crisp", "debug" if args.log_dir else "info") as crisp_socket:
                 for socket in (ctr_socket, crisp_socket):
                     time_pull(socket, f"{registry.host}/bench/base:latest")
                 settle()
@@ -268,6 +271,11 @@ def main() -> int:
                                     rates[name].add(log.read().decode(errors="replace"))
                             settle()
     finally:
+        if args.log_dir:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            for runtime in ("crisp", "containerd"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(work / runtime / f"{runtime}.log", args.log_dir)
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
     print("\nPull: seconds (median), the ratio (below 1: crisp is faster) and MB/s of compressed"

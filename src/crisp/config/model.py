@@ -120,6 +120,12 @@ class ImageConfig:
     max_concurrent_downloads: int = option(
         3, "Layers downloaded in parallel for one pull.", live=True
     )
+    unpack_while_downloading: bool = option(
+        True,
+        "Unpack each layer as its bytes arrive (it is marked ready only once the whole blob "
+        "verified); false unpacks a layer after its download.",
+        live=True,
+    )
 
 
 @dataclass(frozen=True)

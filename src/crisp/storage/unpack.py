@@ -13,6 +13,7 @@ Everything here blocks; callers run it in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -71,10 +72,37 @@ class _HashingReader(io.RawIOBase):
         return n
 
 
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were read already (to sniff the compression) and go first."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]):
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._rest.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+
+
 def open_decompressed(blob: BinaryIO) -> IO[bytes]:
-    """The uncompressed tar stream of a layer blob, whatever its compression (by magic bytes)."""
-    head = blob.read(4)
-    blob.seek(0)
+    """The uncompressed tar stream of a layer blob, whatever its compression (by magic bytes).
+
+    A stream that cannot seek (a download still arriving) is sniffed by reading ahead."""
+    if blob.seekable():
+        head = blob.read(4)
+        blob.seek(0)
+    else:
+        head = b""
+        while len(head) < 4 and (more := blob.read(4 - len(head))):
+            head += more
+        blob = cast(BinaryIO, _Prefixed(head, blob))
     if head.startswith(_GZIP_MAGIC):
         return cast(IO[bytes], gzip.GzipFile(fileobj=blob, mode="rb"))
     if head == _ZSTD_MAGIC:
@@ -93,14 +121,17 @@ def _is_zstd_error(error: Exception) -> bool:
 
 
 def unpack_layer(
-    blob_path: Path, target: Path, expected_diff_id: str | None = None
+    source: Path | io.RawIOBase, target: Path, expected_diff_id: str | None = None
 ) -> UnpackResult:
-    """Unpack the layer blob at ``blob_path`` into the empty directory ``target``.
+    """Unpack the layer blob at ``source`` (a path, or a stream the caller closes) into the
+    empty directory ``target``.
 
     Raises UnsafeLayer for hostile or broken archives, and when ``expected_diff_id`` does not
     match the uncompressed content. The caller removes ``target`` on failure.
     """
-    with open(blob_path, "rb") as blob:
+    with contextlib.ExitStack() as stack:
+        blob = (stack.enter_context(open(source, "rb")) if isinstance(source, Path)
+                else cast(BinaryIO, source))
         stream = open_decompressed(blob)
         hashing = _HashingReader(stream)
         buffered = io.BufferedReader(hashing, buffer_size=_CHUNK)
