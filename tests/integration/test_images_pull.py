@@ -7,6 +7,7 @@ its own crisp root and database, so tests do not see each other's pulls.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import tarfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +29,7 @@ from crisp.errors import (
 )
 from crisp.images import Credentials, ImageService
 from crisp.state import Database
+from crisp.storage import chain_ids
 from tests.support import image_builder as ib
 from tests.support.registry import (
     FlakyProxy,
@@ -311,6 +314,56 @@ async def test_corrupt_blob_fails_and_leaves_nothing(service: ImageService,
     nothing_half_written(service)
     assert not service.content.has(served.corrupt.layers[1].digest)
     assert await service.list() == []
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_same_tar_in_other_bytes_is_refused(tmp_path: Path, served: Served,
+                                                  streamed: bool) -> None:
+    """A layer blob whose bytes are not the manifest's but hold the very same tar (another
+    gzip header mtime, so the same size too): the unpack, which reads it as it arrives, gets
+    through the whole tar with the right diff id, and still no layer is recorded."""
+    tar = ib.LayerBuilder().file("same/tar", f"payload {streamed} " * 20_000).tar()
+    image = ib.build_image([served.busybox.layers[0], ib.make_layer(tar)])
+    name = f"test/regzipped-{str(streamed).lower()}"
+    ib.RegistryPusher(served.registry.url).push(name, "latest", image)
+    blob = image.layers[1].digest.removeprefix("sha256:")
+    data = (served.registry.directory / "storage/docker/registry/v2/blobs/sha256" / blob[:2] /
+            blob / "data")
+    other = gzip.compress(tar, compresslevel=6, mtime=12345)
+    assert len(other) == len(data.read_bytes()) and other != data.read_bytes()
+    data.write_bytes(other)
+    root = tmp_path / "r"
+    live = LiveConfig(make_config(root, unpack_while_downloading=streamed), None)
+    async with open_service(root, live) as svc:
+        recorded: list[str] = []
+        put = svc.layers.records.put
+
+        async def spy(key: str, *args: Any, **kwargs: Any) -> Any:
+            recorded.append(key)  # a layer recorded and collected again is no better
+            return await put(key, *args, **kwargs)
+
+        svc.layers.records.put = spy  # type: ignore[method-assign]
+        with pytest.raises(InvalidArgument, match="wrong content"):
+            await svc.pull(served.ref(f"{name}:latest"))
+        nothing_half_written(svc)
+        chain = chain_ids([layer.diff_id for layer in image.layers])[1]
+        assert chain not in recorded
+        assert await svc.layers.get(chain) is None
+        assert not svc.layers.directory(chain).parent.exists()
+        assert not svc.content.has(image.layers[1].digest)
+
+
+async def test_layers_unpack_while_they_download(tmp_path: Path, served: Served,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="crisp.images.pull")
+    async with open_service(tmp_path / "r", LiveConfig(make_config(tmp_path / "r"), None)) \
+            as svc:
+        image = await svc.pull(served.ref("test/whiteout:latest"))
+        assert "downloaded and unpacked in" in caplog.text
+        out = await run_in(svc, "w", image.id,
+                           "test -e /bin/vi && echo vi; ls -A /home; test -e /bin/ls && echo ls")
+        assert out.split() == ["only", "ls"]
+        nothing_half_written(svc)
 
 
 async def test_malicious_layer_is_refused(service: ImageService, served: Served) -> None:
