@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -178,7 +178,11 @@ def time_pull(socket: Path, reference: str) -> float:
 
 DOWNLOADED = re.compile(r"downloaded sha256:[0-9a-f]+ of \S+ \((\d+) bytes in ([\d.]+)s\)")
 UNPACKED = re.compile(r"layer sha256:[0-9a-f]+ of \S+ ready \(\d+ bytes, (\d+) unpacked, "
-                      r"(?:downloaded and )?unpacked in ([\d.]+)s\)")
+                      r"unpacked in ([\d.]+)s\)")
+STREAMED = re.compile(r"layer sha256:[0-9a-f]+ of \S+ ready \(\d+ bytes, \d+ unpacked while "
+                      r"downloading, ready ([\d.]+)s after its download\)")
+PHASES = re.compile(r"layer sha256:[0-9a-f]+: extract ([\d.]+)s, syncfs ([\d.]+)s")
+FSYNC = re.compile(r"blob sha256:[0-9a-f]+ verified and on disk \(fsync ([\d.]+)s\)")
 
 
 @dataclass
@@ -189,6 +193,9 @@ class Rates:
     download_seconds: float = 0.0
     unpacked: int = 0
     unpack_seconds: float = 0.0
+    tails: list[float] = field(default_factory=list)  # layer ready after its download
+    syncfs: list[float] = field(default_factory=list)
+    fsync: list[float] = field(default_factory=list)
 
     def add(self, text: str) -> None:
         for size, seconds in DOWNLOADED.findall(text):
@@ -197,6 +204,9 @@ class Rates:
         for size, seconds in UNPACKED.findall(text):
             self.unpacked += int(size)
             self.unpack_seconds += float(seconds)
+        self.tails += [float(seconds) for seconds in STREAMED.findall(text)]
+        self.syncfs += [float(syncfs) for _, syncfs in PHASES.findall(text)]
+        self.fsync += [float(seconds) for seconds in FSYNC.findall(text)]
 
     @property
     def download_mbps(self) -> float:
@@ -205,6 +215,10 @@ class Rates:
     @property
     def unpack_mbps(self) -> float:
         return self.unpacked / 1e6 / self.unpack_seconds if self.unpack_seconds else 0.0
+
+    @staticmethod
+    def mean_ms(values: list[float]) -> str:
+        return f"{statistics.mean(values) * 1000:.0f}" if values else "-"
 
 
 def settle() -> None:
@@ -279,10 +293,14 @@ def main() -> int:
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
     print("\nPull: seconds (median), the ratio (below 1: crisp is faster) and MB/s of compressed"
-          "\nlayers over the whole pull; crisp's download rate (per blob stream) and unpack rate"
-          "\n(of unpacked bytes, per layer) come from its log.")
+          "\nlayers over the whole pull. From crisp's log: the download rate (per blob stream);"
+          "\nthe unpack rate (of unpacked bytes, per layer) of layers unpacked after their"
+          "\ndownload; for layers unpacked while they download, the mean ms from the end of the"
+          "\ndownload to the layer's ready mark (tail); with --log-dir also the mean ms of a"
+          "\nblob's fsync and a layer's syncfs.")
     print(f"\n{'shape':<14}{'layers':>7}{'MB':>7}{'crisp s':>9}{'ctrd s':>8}{'crisp/ctrd':>11}"
-          f"{'crisp MB/s':>11}{'ctrd MB/s':>10}{'download MB/s':>14}{'unpack MB/s':>12}")
+          f"{'crisp MB/s':>11}{'ctrd MB/s':>10}{'download MB/s':>14}{'unpack MB/s':>12}"
+          f"{'tail ms':>8}{'fsync ms':>9}{'syncfs ms':>10}")
     for name in shapes:
         image = built[(name, 0)]
         size = sum(len(layer.data) for layer in image.layers) / 1e6
@@ -290,7 +308,9 @@ def main() -> int:
         theirs = statistics.median(results[name]["containerd"])
         print(f"{name:<14}{len(image.layers):>7}{size:>7.1f}{ours:>9.3f}{theirs:>8.3f}"
               f"{ours / theirs:>11.2f}{size / ours:>11.1f}{size / theirs:>10.1f}"
-              f"{rates[name].download_mbps:>14.1f}{rates[name].unpack_mbps:>12.1f}")
+              f"{rates[name].download_mbps:>14.1f}{rates[name].unpack_mbps:>12.1f}"
+              f"{Rates.mean_ms(rates[name].tails):>8}{Rates.mean_ms(rates[name].fsync):>9}"
+              f"{Rates.mean_ms(rates[name].syncfs):>10}")
     return 0
 
 

@@ -359,7 +359,7 @@ async def test_layers_unpack_while_they_download(tmp_path: Path, served: Served,
     async with open_service(tmp_path / "r", LiveConfig(make_config(tmp_path / "r"), None)) \
             as svc:
         image = await svc.pull(served.ref("test/whiteout:latest"))
-        assert "downloaded and unpacked in" in caplog.text
+        assert "unpacked while downloading" in caplog.text
         out = await run_in(svc, "w", image.id,
                            "test -e /bin/vi && echo vi; ls -A /home; test -e /bin/ls && echo ls")
         assert out.split() == ["only", "ls"]
