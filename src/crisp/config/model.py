@@ -82,6 +82,14 @@ class RegistryConfig:
         live=True,
         factory=dict,
     )
+    mirror_credentials: dict[str, list[str]] = option(
+        None,
+        "Hosts (host[:port]) that also get a registry's credentials when they serve its "
+        'images, as "registry.example:5000" = ["mirror.lan:5000"] ("*": every mirror or '
+        "server configured for it); credentials go to no other host.",
+        live=True,
+        factory=dict,
+    )
     tls: dict[str, RegistryTLS] = option(
         None,
         'TLS per registry host, as [registries.tls."host:port"]; a host named here is '

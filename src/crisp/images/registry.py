@@ -29,7 +29,13 @@ from crisp.errors import (
     RuntimeFailure,
     Unavailable,
 )
-from crisp.images.auth import Credentials, TokenCache, from_auth_file, parse_challenges
+from crisp.images.auth import (
+    Credentials,
+    TokenCache,
+    from_auth_file,
+    normalize_host,
+    parse_challenges,
+)
 from crisp.images.content import Ingest
 from crisp.images.endpoints import (
     DOCKER_HUB_API,
@@ -127,10 +133,23 @@ class RepositoryClient:
         return endpoint.base_url, self._scope(endpoint), self._identity(endpoint)
 
     def _credentials_for(self, endpoint: Endpoint) -> Credentials:
-        """The pull's credentials for ``endpoint``'s host, or none: they go to one registry."""
-        if self.credentials.is_for(endpoint.host, self.reference.domain):
+        """The pull's credentials for ``endpoint``'s host, or none: they go to one registry,
+        and to the hosts ``registries.mirror_credentials`` names for it."""
+        domain = self.reference.domain
+        if self.credentials.is_for(endpoint.host, domain):
+            return self.credentials
+        if self.credentials.is_for(domain, domain) and self._trusted_mirror(endpoint):
             return self.credentials
         return Credentials()
+
+    def _trusted_mirror(self, endpoint: Endpoint) -> bool:
+        """If the config sends this pull's registry's credentials to ``endpoint`` as well."""
+        wanted = normalize_host(self.reference.domain)
+        table = self.client.live.current.registries.mirror_credentials
+        for registry, hosts in table.items():
+            if normalize_host(registry) == wanted:
+                return "*" in hosts or normalize_host(endpoint.host) in map(normalize_host, hosts)
+        return False
 
     def _identity(self, endpoint: Endpoint) -> str:
         return self._credentials_for(endpoint).identity()
