@@ -7,6 +7,7 @@ its own crisp root and database, so tests do not see each other's pulls.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import os
 import shutil
@@ -561,6 +562,41 @@ async def test_short_names_use_the_search_registries(tmp_path: Path, served: Ser
         assert image.repo_tags == [served.ref("test/busybox:1.0")]
         found = await svc.status("test/busybox:1.0")
         assert found is not None and found.id == image.id
+
+
+async def test_search_rule_with_several_registries(tmp_path: Path, served: Served) -> None:
+    """A registry that does not resolve the name (down, refusing us, not having it) passes a
+    short name on to the next; the first that resolves it decides, even when the image then
+    turns out broken; if none resolves it, the error names every candidate."""
+    dead = f"127.0.0.1:{free_port()}"
+    good = ib.busybox_image()
+    with running_registry(users={"alice": "wonderland"}) as private:
+        # a good image of the same name as the served, broken one; it needs credentials
+        ib.push_image(private.url, "test/corrupt", "latest", good, "alice", "wonderland")
+        search = [dead, private.host, served.registry.host]
+        config = Config(root_dir=str(tmp_path / "r"), registries=RegistryConfig(search=search))
+        async with open_service(tmp_path / "r", LiveConfig(config, None)) as svc:
+            image = await svc.pull("test/busybox:1.0")  # down, refused, then found
+            assert image.repo_tags == [served.ref("test/busybox:1.0")]
+            with pytest.raises(NotFound) as raised:
+                await svc.pull("test/nothing:latest")
+            message = str(raised.value)
+            assert message.startswith("test/nothing:latest: no search registry has it")
+            for host in search:
+                assert f"{host}/test/nothing:latest: " in message
+            # the served registry resolves test/corrupt first: its broken layer is final,
+            # the good image of that name on the next registry is not pulled instead
+            alice = Credentials(username="alice", password="wonderland",
+                                server_address=private.host)
+            svc.live.current = dataclasses.replace(config, registries=RegistryConfig(
+                search=[served.registry.host, private.host]))
+            with pytest.raises(InvalidArgument, match="wrong content"):
+                await svc.pull("test/corrupt:latest", alice)
+            assert await svc.status("test/corrupt:latest") is None
+            # and once the other registry comes first, its image is the one pulled
+            svc.live.current = dataclasses.replace(config, registries=RegistryConfig(
+                search=[private.host, served.registry.host]))
+            assert (await svc.pull("test/corrupt:latest", alice)).id == good.id
 
 
 async def test_registry_that_never_answers_is_cancelled(tmp_path: Path) -> None:

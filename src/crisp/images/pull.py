@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crisp.config import LiveConfig
-from crisp.errors import DeadlineExceeded, InvalidArgument
+from crisp.errors import CrispError, DeadlineExceeded, InvalidArgument
 from crisp.images.auth import Credentials
 from crisp.images.content import ContentStore, DigestMismatch, Ingest, IngestInterrupted
 from crisp.images.manifest import (
@@ -26,7 +26,7 @@ from crisp.images.manifest import (
     parse_manifest,
     select_platform,
 )
-from crisp.images.model import Image, LayerRef
+from crisp.images.model import Image, LayerRef, NameUnresolved
 from crisp.images.progress import PullProgress
 from crisp.images.reference import Reference
 from crisp.images.registry import RegistryClient, RepositoryClient
@@ -70,8 +70,11 @@ class Puller:
 
     async def _pull(self, reference: Reference, credentials: Credentials | None,
                     progress: PullProgress) -> Image:
-        repository = self.client.repository(reference, credentials)
-        top = await repository.fetch_manifest(reference.object)
+        try:
+            repository = self.client.repository(reference, credentials)
+            top = await repository.fetch_manifest(reference.object)
+        except CrispError as error:
+            raise NameUnresolved(error) from error
         document = parse_manifest(top.data, top.media_type)
         await self.content.put(top.digest, top.data)
         index_digest: str | None = None
