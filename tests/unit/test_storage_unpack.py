@@ -281,3 +281,25 @@ def test_unpack_from_a_stream_that_trickles(tmp_path: Path, compression: str) ->
     root = unpack_blob(tmp_path, Trickle(built.data, 3), built.diff_id)
     assert (root / "etc" / "conf").read_text() == "hello" * 10_000
     assert stat.S_ISCHR((root / "etc" / "gone").lstat().st_mode)
+
+
+def test_written_is_called_before_the_end_of_the_stream(tmp_path: Path) -> None:
+    """The layer's sync runs while the end of a download (its verification) is awaited."""
+    built = make_layer(LayerBuilder().file("etc/conf", "hello" * 10_000), "gzip")
+    calls: list[str] = []
+
+    class EndWatcher(Trickle):
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            n = super().readinto(buffer)
+            if n == 0:
+                calls.append("end of stream")
+            return n
+
+    def written() -> None:
+        assert (tmp_path / "layer" / "etc" / "conf").read_text() == "hello" * 10_000
+        calls.append("written")
+
+    target = tmp_path / "layer"
+    target.mkdir()
+    unpack_layer(EndWatcher(built.data, 1 << 20), target, built.diff_id, written=written)
+    assert calls[0] == "written" and "end of stream" in calls

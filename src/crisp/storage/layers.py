@@ -165,15 +165,22 @@ class LayerStore:
             public_dir(diff)  # a layer without a "./" entry shows it as a directory's mode
             from crisp.storage.unpack import unpack_layer  # tarfile only where layers unpack
 
-            started = time.monotonic()
-            result = unpack_layer(blob, diff, diff_id)
             (staging / "link").write_text(short_name(chain_id))
-            extracted = time.monotonic()
-            # the files must be on disk before the record says the layer is ready: a power
-            # loss after it must not leave a recorded layer with empty or missing files
-            syncfs(staging)
-            log.debug("layer %s: extract %.3fs, syncfs %.3fs", chain_id,
-                      extracted - started, time.monotonic() - extracted)
+            started = time.monotonic()
+            times: list[float] = []
+
+            def sync() -> None:
+                # the files must be on disk before the record says the layer is ready: a
+                # power loss after it must not leave a recorded layer with empty or missing
+                # files. Called when the last file is written, so that it overlaps the
+                # verification of a blob still arriving (a layer that fails it goes anyway).
+                times.append(time.monotonic())
+                syncfs(staging)
+                times.append(time.monotonic())
+
+            result = unpack_layer(blob, diff, diff_id, written=sync)
+            log.debug("layer %s: extract %.3fs, syncfs %.3fs, verified %.3fs later", chain_id,
+                      times[0] - started, times[1] - times[0], time.monotonic() - times[1])
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging, final)

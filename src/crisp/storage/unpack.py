@@ -24,6 +24,7 @@ import stat
 import sys
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -158,10 +159,14 @@ def _is_zstd_error(error: Exception) -> bool:
 
 
 def unpack_layer(
-    source: Path | io.RawIOBase, target: Path, expected_diff_id: str | None = None
+    source: Path | io.RawIOBase, target: Path, expected_diff_id: str | None = None,
+    written: Callable[[], None] | None = None,
 ) -> UnpackResult:
     """Unpack the layer blob at ``source`` (a path, or a stream the caller closes) into the
     empty directory ``target``.
+
+    ``written`` is called once every file is written and only the end of the stream is left
+    to read (for a download: its verification), so that the caller's sync overlaps it.
 
     Raises UnsafeLayer for hostile or broken archives, and when ``expected_diff_id`` does not
     match the uncompressed content. The caller removes ``target`` on failure.
@@ -177,6 +182,9 @@ def unpack_layer(
             with tarfile.open(fileobj=buffered, mode="r|", errorlevel=2) as archive:
                 for member in archive:
                     _add_entry(unpacker, member, archive)
+            unpacker.finish()
+            if written is not None:
+                written()
             # the tar's end-of-archive padding belongs to the diff id too
             while buffered.read(_CHUNK):
                 pass
@@ -188,7 +196,6 @@ def unpack_layer(
             if not _is_zstd_error(e):
                 raise
             raise UnsafeLayer(f"layer archive is truncated or corrupt: {e}") from e
-        unpacker.finish()
     diff_id = "sha256:" + hashing.hash.hexdigest()
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise UnsafeLayer(
