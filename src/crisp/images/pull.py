@@ -177,9 +177,15 @@ class Puller:
 
         def begun(ingest: Ingest) -> None:
             nonlocal unpack
-            if unpack is None:
-                unpack = asyncio.create_task(
-                    self.layers.ensure(chain, parent, diff_id, ingest.follow()))
+            if unpack is not None:
+                return
+            try:
+                reader = ingest.follow()
+            except OSError as error:  # out of descriptors, say: unpack after the download
+                log.warning("cannot follow the download of %s (%s); unpacking it after",
+                            descriptor.digest, error)
+                return
+            unpack = asyncio.create_task(self.layers.ensure(chain, parent, diff_id, reader))
 
         try:
             async with limit:  # the download's slot; the unpack's last writes and sync need none
