@@ -140,11 +140,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 
 @contextlib.contextmanager
-def crisp(directory: Path, log_level: str = "info") -> Iterator[Path]:
+def crisp(directory: Path, log_level: str = "info", extra: str = "") -> Iterator[Path]:
     socket = directory / "run" / "crisp.sock"
     config = directory / "crisp.toml"
     config.write_text(f'root_dir = "{directory}/root"\nrun_dir = "{directory}/run"\n'
-                      f'socket = "{socket}"\nlog_level = "{log_level}"\n')
+                      f'socket = "{socket}"\nlog_level = "{log_level}"\n'
+                      + extra.replace("\\n", "\n"))
     log = directory / "crisp.log"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     with open(log, "wb") as out:
@@ -238,6 +239,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--crisp-config", default="",
+                        help='TOML added to crisp\'s config, e.g. "[images]\\n'
+                        'unpack_while_downloading = false" to compare')
     parser.add_argument("--log-dir", type=Path,
                         help="keep both runtimes' logs here (crisp logs at debug level: the "
                         "time of each pull phase)")
@@ -264,7 +268,8 @@ def main() -> int:
             (work / "containerd").mkdir()
             (work / "crisp").mkdir()
             with containerd(work / "containerd", registry.host) as ctr_socket, \
-                    crisp(work / "crisp", "debug" if args.log_dir else "info") as crisp_socket:
+                    crisp(work / "crisp", "debug" if args.log_dir else "info",
+                          args.crisp_config) as crisp_socket:
                 for socket in (ctr_socket, crisp_socket):
                     time_pull(socket, f"{registry.host}/bench/base:latest")
                 settle()

@@ -33,7 +33,6 @@ from crisp.images.auth import (
     Credentials,
     TokenCache,
     from_auth_file,
-    normalize_host,
     parse_challenges,
 )
 from crisp.images.content import Ingest
@@ -43,6 +42,7 @@ from crisp.images.endpoints import (
     Endpoint,
     SSLContexts,
     endpoints_for,
+    shares_credentials,
     tls_reason,
 )
 from crisp.images.manifest import ACCEPT, MAX_MANIFEST_SIZE, Descriptor, media_type_of
@@ -138,18 +138,10 @@ class RepositoryClient:
         domain = self.reference.domain
         if self.credentials.is_for(endpoint.host, domain):
             return self.credentials
-        if self.credentials.is_for(domain, domain) and self._trusted_mirror(endpoint):
+        if self.credentials.is_for(domain, domain) and shares_credentials(
+                self.client.live.current.registries, domain, endpoint.host):
             return self.credentials
         return Credentials()
-
-    def _trusted_mirror(self, endpoint: Endpoint) -> bool:
-        """If the config sends this pull's registry's credentials to ``endpoint`` as well."""
-        wanted = normalize_host(self.reference.domain)
-        table = self.client.live.current.registries.mirror_credentials
-        for registry, hosts in table.items():
-            if normalize_host(registry) == wanted:
-                return "*" in hosts or normalize_host(endpoint.host) in map(normalize_host, hosts)
-        return False
 
     def _identity(self, endpoint: Endpoint) -> str:
         return self._credentials_for(endpoint).identity()
