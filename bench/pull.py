@@ -105,7 +105,7 @@ def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path) -
 
 
 @contextlib.contextmanager
-def containerd(directory: Path, registry_host: str) -> Iterator[Path]:
+def containerd(directory: Path, registry_host: str) -> Iterator[tuple[Path, int]]:
     certs = directory / "certs.d" / registry_host
     certs.mkdir(parents=True)
     (certs / "hosts.toml").write_text(
@@ -134,13 +134,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                                    stderr=subprocess.STDOUT)
     try:
         wait_for_socket(socket, process, log)
-        yield socket
+        yield socket, process.pid
     finally:
         stop(process)
 
 
 @contextlib.contextmanager
-def crisp(directory: Path, log_level: str = "info", extra: str = "") -> Iterator[Path]:
+def crisp(directory: Path, log_level: str = "info",
+          extra: str = "") -> Iterator[tuple[Path, int]]:
     socket = directory / "run" / "crisp.sock"
     config = directory / "crisp.toml"
     config.write_text(f'root_dir = "{directory}/root"\nrun_dir = "{directory}/run"\n'
@@ -153,7 +154,7 @@ def crisp(directory: Path, log_level: str = "info", extra: str = "") -> Iterator
                                     str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_socket(socket, process, log)
-        yield socket
+        yield socket, process.pid
     finally:
         stop(process)
 
@@ -166,6 +167,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def time_pull(socket: Path, reference: str) -> float:
@@ -259,6 +266,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="crisp-bench-"))
     results: dict[str, dict[str, list[float]]] = {}
     rates: dict[str, Rates] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     try:
         with running_registry(base_dir=None) as registry:
             pusher = ib.RegistryPusher(registry.url)
@@ -267,15 +275,17 @@ def main() -> int:
                 pusher.push(f"bench/{name}", f"r{r}", image)
             (work / "containerd").mkdir()
             (work / "crisp").mkdir()
-            with containerd(work / "containerd", registry.host) as ctr_socket, \
+            with containerd(work / "containerd", registry.host) as (ctr_socket, ctr_pid), \
                     crisp(work / "crisp", "debug" if args.log_dir else "info",
-                          args.crisp_config) as crisp_socket:
+                          args.crisp_config) as (crisp_socket, crisp_pid):
+                pids = {"containerd": ctr_pid, "crisp": crisp_pid}
                 for socket in (ctr_socket, crisp_socket):
                     time_pull(socket, f"{registry.host}/bench/base:latest")
                 settle()
                 crisp_log = work / "crisp" / "crisp.log"
                 for name in shapes:
                     results[name] = {"crisp": [], "containerd": []}
+                    cpu[name] = {"crisp": [], "containerd": []}
                     rates[name] = Rates()
                     for r in range(args.repeat):
                         reference = f"{registry.host}/bench/{name}:r{r}"
@@ -283,7 +293,9 @@ def main() -> int:
                         order = [("containerd", ctr_socket), ("crisp", crisp_socket)]
                         for runtime, socket in order if r % 2 == 0 else order[::-1]:
                             log_at = crisp_log.stat().st_size
+                            cpu_at = cpu_seconds(pids[runtime])
                             results[name][runtime].append(time_pull(socket, reference))
+                            cpu[name][runtime].append(cpu_seconds(pids[runtime]) - cpu_at)
                             if runtime == "crisp":
                                 with open(crisp_log, "rb") as log:
                                     log.seek(log_at)
@@ -302,10 +314,11 @@ def main() -> int:
           "\nthe unpack rate (of unpacked bytes, per layer) of layers unpacked after their"
           "\ndownload; for layers unpacked while they download, the mean ms from the end of the"
           "\ndownload to the layer's ready mark (tail); with --log-dir also the mean ms of a"
-          "\nblob's fsync and a layer's syncfs.")
+          "\nblob's fsync and a layer's syncfs. CPU: seconds of CPU the runtime's process used"
+          "\nper pull (median).")
     print(f"\n{'shape':<14}{'layers':>7}{'MB':>7}{'crisp s':>9}{'ctrd s':>8}{'crisp/ctrd':>11}"
           f"{'crisp MB/s':>11}{'ctrd MB/s':>10}{'download MB/s':>14}{'unpack MB/s':>12}"
-          f"{'tail ms':>8}{'fsync ms':>9}{'syncfs ms':>10}")
+          f"{'tail ms':>8}{'fsync ms':>9}{'syncfs ms':>10}{'crisp CPU':>10}{'ctrd CPU':>9}")
     for name in shapes:
         image = built[(name, 0)]
         size = sum(len(layer.data) for layer in image.layers) / 1e6
@@ -315,7 +328,9 @@ def main() -> int:
               f"{ours / theirs:>11.2f}{size / ours:>11.1f}{size / theirs:>10.1f}"
               f"{rates[name].download_mbps:>14.1f}{rates[name].unpack_mbps:>12.1f}"
               f"{Rates.mean_ms(rates[name].tails):>8}{Rates.mean_ms(rates[name].fsync):>9}"
-              f"{Rates.mean_ms(rates[name].syncfs):>10}")
+              f"{Rates.mean_ms(rates[name].syncfs):>10}"
+              f"{statistics.median(cpu[name]['crisp']):>10.2f}"
+              f"{statistics.median(cpu[name]['containerd']):>9.2f}")
     return 0
 
 
