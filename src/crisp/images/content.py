@@ -27,6 +27,7 @@ from crisp.durable import fsync_dir
 from crisp.errors import InvalidArgument, NotFound
 from crisp.images.reference import validate_digest
 from crisp.keyedlocks import KeyedLocks
+from crisp.storage.layers import SourceInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class DigestMismatch(InvalidArgument):
     """A blob's content does not match the digest or size it was asked for by."""
 
 
-class IngestInterrupted(Exception):
+class IngestInterrupted(SourceInterrupted):
     """The download an :class:`IngestReader` follows ended without a verified blob, or
     started over: what was read is not (all of) the blob."""
 

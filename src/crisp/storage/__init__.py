@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from crisp.storage.layers import LayerInfo, LayerStore, chain_ids, short_name
+from crisp.storage.layers import LayerInfo, LayerStore, SourceInterrupted, chain_ids, short_name
 from crisp.storage.snapshots import SnapshotStore
 from crisp.storage.usage import disk_usage
 
@@ -22,6 +22,7 @@ __all__ = [
     "LayerInfo",
     "LayerStore",
     "SnapshotStore",
+    "SourceInterrupted",
     "UnpackResult",
     "UnsafeLayer",
     "chain_ids",

@@ -55,6 +55,11 @@ def short_name(chain_id: str) -> str:
     return base64.b32encode(raw).decode().rstrip("=")[:SHORT_NAME_LENGTH]
 
 
+class SourceInterrupted(Exception):
+    """The stream a layer was being unpacked from ended without the whole, verified blob (a
+    download that stopped or started over): unpack it again from the stored blob."""
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """One unpacked layer as recorded in the database."""
@@ -122,7 +127,14 @@ class LayerStore:
             task.add_done_callback(lambda _: self._inflight.pop(chain_id, None))
         else:
             _close(blob)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except SourceInterrupted:
+            if not isinstance(blob, Path):
+                raise
+            # we joined an unpack that read a download which then started over; the blob is
+            # complete now, and the failed unpack is no longer in flight
+            return await self.ensure(chain_id, parent, diff_id, blob)
 
     async def settle(self) -> None:
         """Wait until no unpack runs (a failed pull waits so that it leaves no staging dirs)."""
