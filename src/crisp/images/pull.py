@@ -195,6 +195,7 @@ class Puller:
                 unpack.add_done_callback(_consume)
             raise
         downloaded = time.monotonic()
+        progress.layers[descriptor.digest].state = "unpacking"  # its last bytes, and the sync
         if unpack is not None:
             try:
                 return await unpack, downloaded
