@@ -326,7 +326,8 @@ def main() -> int:
         theirs = statistics.median(results[name]["containerd"])
         print(f"{name:<14}{len(image.layers):>7}{size:>7.1f}{ours:>9.3f}{theirs:>8.3f}"
               f"{ours / theirs:>11.2f}{size / ours:>11.1f}{size / theirs:>10.1f}"
-              f"{rates[name].download_mbps:>14.1f}{rates[name].unpack_mbps:>12.1f}"
+              f"{rates[name].download_mbps:>14.1f}"
+              f"{f'{rates[name].unpack_mbps:.1f}' if rates[name].unpacked else '-':>12}"
               f"{Rates.mean_ms(rates[name].tails):>8}{Rates.mean_ms(rates[name].fsync):>9}"
               f"{Rates.mean_ms(rates[name].syncfs):>10}"
               f"{statistics.median(cpu[name]['crisp']):>10.2f}"
