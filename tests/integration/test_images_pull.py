@@ -367,6 +367,30 @@ async def test_layers_unpack_while_they_download(tmp_path: Path, served: Served,
         nothing_half_written(svc)
 
 
+async def test_a_layer_fills_in_while_its_blob_still_arrives(tmp_path: Path,
+                                                             served: Served) -> None:
+    proxy = FlakyProxy(served.registry.url, drops=0)
+    proxy.throttle = 0.02  # about 3 MB/s: the 3 MiB layer takes about a second
+    await proxy.start()
+    try:
+        async with open_service(tmp_path / "r", LiveConfig(make_config(tmp_path / "r"), None)) \
+                as svc:
+            layer = served.big.layers[1]
+            pulling = asyncio.create_task(svc.pull(f"{proxy.host}/test/big:latest"))
+            seen_early = False
+            while not pulling.done():
+                staged = list(svc.layers.root.glob("tmp-*/diff/big"))
+                if (staged and staged[0].stat().st_size > 0
+                        and not svc.content.has(layer.digest)):
+                    seen_early = True  # unpacked bytes on disk, the blob not complete yet
+                await asyncio.sleep(0.02)
+            assert (await pulling).id == served.big.id
+            assert seen_early
+            nothing_half_written(svc)
+    finally:
+        await proxy.stop()
+
+
 async def test_malicious_layer_is_refused(service: ImageService, served: Served) -> None:
     with pytest.raises(InvalidArgument, match="through the symlink"):
         await service.pull(served.ref("test/evil:latest"))
