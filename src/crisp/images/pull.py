@@ -3,8 +3,8 @@
 Layers download in parallel (``images.max_concurrent_downloads``) and each is unpacked while
 its bytes arrive (or, with ``images.unpack_while_downloading`` off, once its blob is complete);
 it is recorded only after its blob verified. Blobs and layers other pulls already fetch are
-waited for, not fetched twice. The image record is written last, in one transaction, so a failed pull leaves
-at most verified blobs and complete layers that garbage collection removes.
+waited for, not fetched twice. The image record is written last, in one transaction, so a
+failed pull leaves at most verified blobs and complete layers that garbage collection removes.
 """
 
 from __future__ import annotations
