@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -107,7 +107,7 @@ def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path) -
 
 
 @contextlib.contextmanager
-def containerd(directory: Path, registry_host: str) -> Iterator[Path]:
+def containerd(directory: Path, registry_host: str) -> Iterator[tuple[Path, int]]:
     certs = directory / "certs.d" / registry_host
     certs.mkdir(parents=True)
     (certs / "hosts.toml").write_text(
@@ -136,17 +136,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                                    stderr=subprocess.STDOUT)
     try:
         wait_for_socket(socket, process, log)
-        yield socket
+        yield socket, process.pid
     finally:
         stop(process)
 
 
 @contextlib.contextmanager
-def crisp(directory: Path) -> Iterator[Path]:
+def crisp(directory: Path, log_level: str = "info",
+          extra: str = "") -> Iterator[tuple[Path, int]]:
     socket = directory / "run" / "crisp.sock"
     config = directory / "crisp.toml"
     config.write_text(f'root_dir = "{directory}/root"\nrun_dir = "{directory}/run"\n'
-                      f'socket = "{socket}"\nlog_level = "info"\n')
+                      f'socket = "{socket}"\nlog_level = "{log_level}"\n'
+                      + extra.replace("\\n", "\n"))
     log = directory / "crisp.log"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     with open(log, "wb") as out:
@@ -154,7 +156,7 @@ def crisp(directory: Path) -> Iterator[Path]:
                                     str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_socket(socket, process, log)
-        yield socket
+        yield socket, process.pid
     finally:
         stop(process)
 
@@ -169,6 +171,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def time_pull(socket: Path, reference: str) -> float:
     with grpc.insecure_channel(f"unix://{socket}") as channel:
         images = cri_pb2_grpc.ImageServiceStub(channel)
@@ -181,6 +189,10 @@ def time_pull(socket: Path, reference: str) -> float:
 DOWNLOADED = re.compile(r"downloaded sha256:[0-9a-f]+ of \S+ \((\d+) bytes in ([\d.]+)s\)")
 UNPACKED = re.compile(r"layer sha256:[0-9a-f]+ of \S+ ready \(\d+ bytes, (\d+) unpacked, "
                       r"unpacked in ([\d.]+)s\)")
+STREAMED = re.compile(r"layer sha256:[0-9a-f]+ of \S+ ready \(\d+ bytes, \d+ unpacked while "
+                      r"downloading, ready ([\d.]+)s after its download\)")
+PHASES = re.compile(r"layer sha256:[0-9a-f]+: extract ([\d.]+)s, syncfs ([\d.]+)s")
+FSYNC = re.compile(r"blob sha256:[0-9a-f]+ verified and on disk \(fsync ([\d.]+)s\)")
 
 
 @dataclass
@@ -191,6 +203,9 @@ class Rates:
     download_seconds: float = 0.0
     unpacked: int = 0
     unpack_seconds: float = 0.0
+    tails: list[float] = field(default_factory=list)  # layer ready after its download
+    syncfs: list[float] = field(default_factory=list)
+    fsync: list[float] = field(default_factory=list)
 
     def add(self, text: str) -> None:
         for size, seconds in DOWNLOADED.findall(text):
@@ -199,6 +214,9 @@ class Rates:
         for size, seconds in UNPACKED.findall(text):
             self.unpacked += int(size)
             self.unpack_seconds += float(seconds)
+        self.tails += [float(seconds) for seconds in STREAMED.findall(text)]
+        self.syncfs += [float(syncfs) for _, syncfs in PHASES.findall(text)]
+        self.fsync += [float(seconds) for seconds in FSYNC.findall(text)]
 
     @property
     def download_mbps(self) -> float:
@@ -207,6 +225,10 @@ class Rates:
     @property
     def unpack_mbps(self) -> float:
         return self.unpacked / 1e6 / self.unpack_seconds if self.unpack_seconds else 0.0
+
+    @staticmethod
+    def mean_ms(values: list[float]) -> str:
+        return f"{statistics.mean(values) * 1000:.0f}" if values else "-"
 
 
 def settle() -> None:
@@ -228,6 +250,12 @@ def main() -> int:
                         '({"pull <shape> s": {"crisp": x, "containerd": y}}, for bench/report.py)')
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--crisp-config", default="",
+                        help='TOML added to crisp\'s config, e.g. "[images]\\n'
+                        'unpack_while_downloading = false" to compare')
+    parser.add_argument("--log-dir", type=Path,
+                        help="keep both runtimes' logs here (crisp logs at debug level: the "
+                        "time of each pull phase)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/pull.py needs root (overlay layers, device nodes)", file=sys.stderr)
@@ -242,6 +270,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="crisp-bench-"))
     results: dict[str, dict[str, list[float]]] = {}
     rates: dict[str, Rates] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     try:
         with running_registry(base_dir=None) as registry:
             pusher = ib.RegistryPusher(registry.url)
@@ -250,14 +279,17 @@ def main() -> int:
                 pusher.push(f"bench/{name}", f"r{r}", image)
             (work / "containerd").mkdir()
             (work / "crisp").mkdir()
-            with containerd(work / "containerd", registry.host) as ctr_socket, \
-                    crisp(work / "crisp") as crisp_socket:
+            with containerd(work / "containerd", registry.host) as (ctr_socket, ctr_pid), \
+                    crisp(work / "crisp", "debug" if args.log_dir else "info",
+                          args.crisp_config) as (crisp_socket, crisp_pid):
+                pids = {"containerd": ctr_pid, "crisp": crisp_pid}
                 for socket in (ctr_socket, crisp_socket):
                     time_pull(socket, f"{registry.host}/bench/base:latest")
                 settle()
                 crisp_log = work / "crisp" / "crisp.log"
                 for name in shapes:
                     results[name] = {"crisp": [], "containerd": []}
+                    cpu[name] = {"crisp": [], "containerd": []}
                     rates[name] = Rates()
                     for r in range(args.repeat):
                         reference = f"{registry.host}/bench/{name}:r{r}"
@@ -265,20 +297,32 @@ def main() -> int:
                         order = [("containerd", ctr_socket), ("crisp", crisp_socket)]
                         for runtime, socket in order if r % 2 == 0 else order[::-1]:
                             log_at = crisp_log.stat().st_size
+                            cpu_at = cpu_seconds(pids[runtime])
                             results[name][runtime].append(time_pull(socket, reference))
+                            cpu[name][runtime].append(cpu_seconds(pids[runtime]) - cpu_at)
                             if runtime == "crisp":
                                 with open(crisp_log, "rb") as log:
                                     log.seek(log_at)
                                     rates[name].add(log.read().decode(errors="replace"))
                             settle()
     finally:
+        if args.log_dir:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            for runtime in ("crisp", "containerd"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(work / runtime / f"{runtime}.log", args.log_dir)
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
     print("\nPull: seconds (median), the ratio (below 1: crisp is faster) and MB/s of compressed"
-          "\nlayers over the whole pull; crisp's download rate (per blob stream) and unpack rate"
-          "\n(of unpacked bytes, per layer) come from its log.")
+          "\nlayers over the whole pull. From crisp's log: the download rate (per blob stream);"
+          "\nthe unpack rate (of unpacked bytes, per layer) of layers unpacked after their"
+          "\ndownload; for layers unpacked while they download, the mean ms from the end of the"
+          "\ndownload to the layer's ready mark (tail); with --log-dir also the mean ms of a"
+          "\nblob's fsync and a layer's syncfs. CPU: seconds of CPU the runtime's process used"
+          "\nper pull (median).")
     print(f"\n{'shape':<14}{'layers':>7}{'MB':>7}{'crisp s':>9}{'ctrd s':>8}{'crisp/ctrd':>11}"
-          f"{'crisp MB/s':>11}{'ctrd MB/s':>10}{'download MB/s':>14}{'unpack MB/s':>12}")
+          f"{'crisp MB/s':>11}{'ctrd MB/s':>10}{'download MB/s':>14}{'unpack MB/s':>12}"
+          f"{'tail ms':>8}{'fsync ms':>9}{'syncfs ms':>10}{'crisp CPU':>10}{'ctrd CPU':>9}")
     for name in shapes:
         image = built[(name, 0)]
         size = sum(len(layer.data) for layer in image.layers) / 1e6
@@ -286,7 +330,12 @@ def main() -> int:
         theirs = statistics.median(results[name]["containerd"])
         print(f"{name:<14}{len(image.layers):>7}{size:>7.1f}{ours:>9.3f}{theirs:>8.3f}"
               f"{ours / theirs:>11.2f}{size / ours:>11.1f}{size / theirs:>10.1f}"
-              f"{rates[name].download_mbps:>14.1f}{rates[name].unpack_mbps:>12.1f}")
+              f"{rates[name].download_mbps:>14.1f}"
+              f"{f'{rates[name].unpack_mbps:.1f}' if rates[name].unpacked else '-':>12}"
+              f"{Rates.mean_ms(rates[name].tails):>8}{Rates.mean_ms(rates[name].fsync):>9}"
+              f"{Rates.mean_ms(rates[name].syncfs):>10}"
+              f"{statistics.median(cpu[name]['crisp']):>10.2f}"
+              f"{statistics.median(cpu[name]['containerd']):>9.2f}")
     if args.json:
         found = {f"pull {name} s": {runtime: statistics.median(times)
                                     for runtime, times in results[name].items()}

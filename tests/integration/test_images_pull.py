@@ -7,6 +7,8 @@ its own crisp root and database, so tests do not see each other's pulls.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gzip
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import tarfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +30,7 @@ from crisp.errors import (
 )
 from crisp.images import Credentials, ImageService
 from crisp.state import Database
+from crisp.storage import chain_ids
 from tests.support import image_builder as ib
 from tests.support.registry import (
     FlakyProxy,
@@ -313,6 +317,80 @@ async def test_corrupt_blob_fails_and_leaves_nothing(service: ImageService,
     assert await service.list() == []
 
 
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_same_tar_in_other_bytes_is_refused(tmp_path: Path, served: Served,
+                                                  streamed: bool) -> None:
+    """A layer blob whose bytes are not the manifest's but hold the very same tar (another
+    gzip header mtime, so the same size too): the unpack, which reads it as it arrives, gets
+    through the whole tar with the right diff id, and still no layer is recorded."""
+    tar = ib.LayerBuilder().file("same/tar", f"payload {streamed} " * 20_000).tar()
+    image = ib.build_image([served.busybox.layers[0], ib.make_layer(tar)])
+    name = f"test/regzipped-{str(streamed).lower()}"
+    ib.RegistryPusher(served.registry.url).push(name, "latest", image)
+    blob = image.layers[1].digest.removeprefix("sha256:")
+    data = (served.registry.directory / "storage/docker/registry/v2/blobs/sha256" / blob[:2] /
+            blob / "data")
+    other = gzip.compress(tar, compresslevel=6, mtime=12345)
+    assert len(other) == len(data.read_bytes()) and other != data.read_bytes()
+    data.write_bytes(other)
+    root = tmp_path / "r"
+    live = LiveConfig(make_config(root, unpack_while_downloading=streamed), None)
+    async with open_service(root, live) as svc:
+        recorded: list[str] = []
+        put = svc.layers.records.put
+
+        async def spy(key: str, *args: Any, **kwargs: Any) -> Any:
+            recorded.append(key)  # a layer recorded and collected again is no better
+            return await put(key, *args, **kwargs)
+
+        svc.layers.records.put = spy  # type: ignore[method-assign]
+        with pytest.raises(InvalidArgument, match="wrong content"):
+            await svc.pull(served.ref(f"{name}:latest"))
+        nothing_half_written(svc)
+        chain = chain_ids([layer.diff_id for layer in image.layers])[1]
+        assert chain not in recorded
+        assert await svc.layers.get(chain) is None
+        assert not svc.layers.directory(chain).parent.exists()
+        assert not svc.content.has(image.layers[1].digest)
+
+
+async def test_layers_unpack_while_they_download(tmp_path: Path, served: Served,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="crisp.images.pull")
+    async with open_service(tmp_path / "r", LiveConfig(make_config(tmp_path / "r"), None)) \
+            as svc:
+        image = await svc.pull(served.ref("test/whiteout:latest"))
+        assert "unpacked while downloading" in caplog.text
+        out = await run_in(svc, "w", image.id,
+                           "test -e /bin/vi && echo vi; ls -A /home; test -e /bin/ls && echo ls")
+        assert out.split() == ["only", "ls"]
+        nothing_half_written(svc)
+
+
+async def test_a_layer_fills_in_while_its_blob_still_arrives(tmp_path: Path,
+                                                             served: Served) -> None:
+    proxy = FlakyProxy(served.registry.url, drops=0)
+    proxy.throttle = 0.02  # about 3 MB/s: the 3 MiB layer takes about a second
+    await proxy.start()
+    try:
+        async with open_service(tmp_path / "r", LiveConfig(make_config(tmp_path / "r"), None)) \
+                as svc:
+            layer = served.big.layers[1]
+            pulling = asyncio.create_task(svc.pull(f"{proxy.host}/test/big:latest"))
+            seen_early = False
+            while not pulling.done():
+                staged = list(svc.layers.root.glob("tmp-*/diff/big"))
+                if (staged and staged[0].stat().st_size > 0
+                        and not svc.content.has(layer.digest)):
+                    seen_early = True  # unpacked bytes on disk, the blob not complete yet
+                await asyncio.sleep(0.02)
+            assert (await pulling).id == served.big.id
+            assert seen_early
+            nothing_half_written(svc)
+    finally:
+        await proxy.stop()
+
+
 async def test_malicious_layer_is_refused(service: ImageService, served: Served) -> None:
     with pytest.raises(InvalidArgument, match="through the symlink"):
         await service.pull(served.ref("test/evil:latest"))
@@ -508,6 +586,41 @@ async def test_short_names_use_the_search_registries(tmp_path: Path, served: Ser
         assert image.repo_tags == [served.ref("test/busybox:1.0")]
         found = await svc.status("test/busybox:1.0")
         assert found is not None and found.id == image.id
+
+
+async def test_search_rule_with_several_registries(tmp_path: Path, served: Served) -> None:
+    """A registry that does not resolve the name (down, refusing us, not having it) passes a
+    short name on to the next; the first that resolves it decides, even when the image then
+    turns out broken; if none resolves it, the error names every candidate."""
+    dead = f"127.0.0.1:{free_port()}"
+    good = ib.busybox_image()
+    with running_registry(users={"alice": "wonderland"}) as private:
+        # a good image of the same name as the served, broken one; it needs credentials
+        ib.push_image(private.url, "test/corrupt", "latest", good, "alice", "wonderland")
+        search = [dead, private.host, served.registry.host]
+        config = Config(root_dir=str(tmp_path / "r"), registries=RegistryConfig(search=search))
+        async with open_service(tmp_path / "r", LiveConfig(config, None)) as svc:
+            image = await svc.pull("test/busybox:1.0")  # down, refused, then found
+            assert image.repo_tags == [served.ref("test/busybox:1.0")]
+            with pytest.raises(NotFound) as raised:
+                await svc.pull("test/nothing:latest")
+            message = str(raised.value)
+            assert message.startswith("test/nothing:latest: no search registry has it")
+            for host in search:
+                assert f"{host}/test/nothing:latest: " in message
+            # the served registry resolves test/corrupt first: its broken layer is final,
+            # the good image of that name on the next registry is not pulled instead
+            alice = Credentials(username="alice", password="wonderland",
+                                server_address=private.host)
+            svc.live.current = dataclasses.replace(config, registries=RegistryConfig(
+                search=[served.registry.host, private.host]))
+            with pytest.raises(InvalidArgument, match="wrong content"):
+                await svc.pull("test/corrupt:latest", alice)
+            assert await svc.status("test/corrupt:latest") is None
+            # and once the other registry comes first, its image is the one pulled
+            svc.live.current = dataclasses.replace(config, registries=RegistryConfig(
+                search=[private.host, served.registry.host]))
+            assert (await svc.pull("test/corrupt:latest", alice)).id == good.id
 
 
 async def test_registry_that_never_answers_is_cancelled(tmp_path: Path) -> None:

@@ -20,7 +20,13 @@ from crisp.errors import CrispError, FailedPrecondition
 from crisp.images import Credentials
 from tests.integration.test_images_pull import open_service
 from tests.support import image_builder as ib
-from tests.support.registry import FlakyProxy, Registry, ServerTLS, running_registry
+from tests.support.registry import (
+    FlakyProxy,
+    Registry,
+    ServerTLS,
+    free_port,
+    running_registry,
+)
 from tests.support.tls import CA, make_ca
 
 pytestmark = [
@@ -175,6 +181,40 @@ async def test_credentials_go_only_to_their_registry(tmp_path: Path) -> None:
                 assert "wonderland" not in repr(alice)
         finally:
             await mirror.stop()
+
+
+async def test_credentials_go_to_a_mirror_the_config_names(tmp_path: Path, ca: CA) -> None:
+    """A private mirror over TLS with the same users as its registry gets the registry's
+    credentials when registries.mirror_credentials names it; a mirror it does not name (tried
+    first) never sees them."""
+    image = ib.busybox_image()
+    server = ca.issue(tmp_path, "server")
+    with running_registry(users=USERS) as private, \
+            running_registry(users=USERS, tls=ServerTLS(server.cert, server.key),
+                             storage=private.directory / "storage") as trusted:
+        ib.push_image(private.url, "private/busybox", "latest", image, "alice", "wonderland")
+        other = FlakyProxy(private.url, drops=0)
+        await other.start()
+        try:
+            # the registry itself is down: only a mirror can serve this pull
+            upstream = f"127.0.0.1:{free_port()}"
+            reference = f"{upstream}/private/busybox:latest"
+            alice = Credentials(username="alice", password="wonderland",
+                                server_address=upstream)
+            setup: dict[str, object] = {
+                "mirrors": {upstream: [f"http://{other.host}", f"https://{trusted.host}"]},
+                "tls": {trusted.host: RegistryTLS(ca_file=str(ca.cert_path))},
+            }
+            async with open_service(tmp_path / "root", config(tmp_path, **setup)) as svc:
+                with pytest.raises(CrispError) as raised:
+                    await svc.pull(reference, alice)  # no mirror may have alice's password
+                assert "wonderland" not in str(raised.value)
+            live = config(tmp_path, **setup, mirror_credentials={upstream: [trusted.host]})
+            async with open_service(tmp_path / "root", live) as svc:
+                assert (await svc.pull(reference, alice)).id == image.id
+            assert other.requests > 0 and other.authorizations == []
+        finally:
+            await other.stop()
 
 
 async def test_node_wide_auth_file(tmp_path: Path) -> None:

@@ -408,6 +408,7 @@ class FlakyProxy:
         self.blob_bytes_sent = 0  # body bytes of blob GETs written to clients
         self.unavailable = 0  # answer this many requests with 503 first
         self.authorizations: list[str] = []  # every Authorization header it was sent
+        self.requests = 0
         self.port = free_port()
         self._runner: Any = None
 
@@ -418,6 +419,7 @@ class FlakyProxy:
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
 
+        self.requests += 1
         if self.unavailable > 0:
             self.unavailable -= 1
             return web.Response(status=503, text="try again later")

@@ -92,6 +92,11 @@ def test_unknown_runtime_handler_lists_the_configured_ones() -> None:
             "registries.mirrors.docker.io[0]",
             "must be an http:// or https:// URL",
         ),
+        (
+            '[registries.mirror_credentials]\n"r.example" = ["https://mirror.lan"]',
+            "registries.mirror_credentials.r.example[0]",
+            "must be a host[:port] (no scheme or path)",
+        ),
         ('[cni]\ndefault_subnet = "10.0.0.0/33"', "cni.default_subnet", "not a network"),
         (
             '[runtimes.runc]\nruntime_type = "vm"',

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from pathlib import Path
 
 import pytest
 
-from crisp.images.content import ContentStore, DigestMismatch
+from crisp.images.content import ContentStore, DigestMismatch, IngestInterrupted, IngestReader
 
 
 def digest(data: bytes) -> str:
@@ -88,3 +89,76 @@ def test_setup_drops_interrupted_downloads(tmp_path: Path) -> None:
     (store.ingest_dir / "leftover").write_bytes(b"half")
     ContentStore(tmp_path).setup()
     assert list(store.ingest_dir.iterdir()) == []
+
+
+async def read_in_thread(reader: IngestReader, out: bytearray) -> None:
+    """Read ``reader`` to its end in a thread, as the layer unpack does."""
+    def run() -> None:
+        while chunk := reader.read(1000):
+            out.extend(chunk)
+    await asyncio.to_thread(run)
+
+
+async def test_follower_reads_while_writing_and_ends_only_when_verified(
+        store: ContentStore) -> None:
+    data = bytes(range(256)) * 20_000  # several flushes of the 1 MiB write buffer
+    ingest = await store.begin(digest(data), len(data))
+    reader = ingest.follow()
+    got = bytearray()
+    reading = asyncio.create_task(read_in_thread(reader, got))
+    for start in range(0, len(data), 300_000):
+        await ingest.write(data[start:start + 300_000])
+    await ingest.flush()
+    await asyncio.sleep(0.2)
+    assert not reading.done()  # every byte is there, but the end waits for the verification
+    assert len(got) == len(data)
+    await ingest.commit()
+    await asyncio.wait_for(reading, 5)
+    assert bytes(got) == data
+    reader.close()
+
+
+async def test_follower_refuses_a_blob_that_does_not_verify(store: ContentStore) -> None:
+    claimed = digest(b"right")
+    ingest = await store.begin(claimed, 5)
+    reader = ingest.follow()
+    got = bytearray()
+    reading = asyncio.create_task(read_in_thread(reader, got))
+    await ingest.write(b"wrong")
+    with pytest.raises(DigestMismatch):
+        await ingest.commit()
+    with pytest.raises(IngestInterrupted, match="ended unverified"):
+        await asyncio.wait_for(reading, 5)
+    reader.close()
+
+
+@pytest.mark.parametrize("how", ["abort", "close", "restart"])
+async def test_follower_is_interrupted_when_the_download_stops_or_starts_over(
+        store: ContentStore, how: str) -> None:
+    data = b"x" * (2 << 20)
+    ingest = await store.begin(digest(data), len(data))
+    reader = ingest.follow()
+    reading = asyncio.create_task(read_in_thread(reader, bytearray()))
+    await ingest.write(data[:1 << 20])
+    await ingest.flush()
+    await getattr(ingest, how)()
+    with pytest.raises(IngestInterrupted):
+        await asyncio.wait_for(reading, 5)
+    reader.close()
+
+
+async def test_follower_of_a_resumed_download_reads_the_partial_first(
+        store: ContentStore) -> None:
+    data = b"0123456789" * 200_000
+    first = await store.begin(digest(data), len(data))
+    await first.write(data[:1_500_000])
+    await first.close()
+    resumed = await store.begin(digest(data), len(data), resume=True)
+    reader = resumed.follow()
+    got = bytearray()
+    reading = asyncio.create_task(read_in_thread(reader, got))
+    await resumed.write(data[1_500_000:])
+    await resumed.commit()
+    await asyncio.wait_for(reading, 5)
+    assert bytes(got) == data
+    reader.close()

@@ -183,9 +183,16 @@ def test_config_show_describes_every_configured_host(tmp_path: Path,
     (tmp_path / "crisp.toml").write_text(
         f'[registries]\nconfig_path = "{tmp_path}/certs.d"\n'
         f'registries_conf = "{tmp_path}/reg.conf"\n'
-        '[registries.tls."q.example"]\nca_file = "/ca.crt"\n')
+        '[registries.tls."q.example"]\nca_file = "/ca.crt"\n'
+        '[registries.mirrors]\n"p.example" = ["https://n.example", "https://o.example"]\n'
+        '[registries.mirror_credentials]\n"p.example" = ["o.example"]\n')
     assert main(["--config", str(tmp_path / "crisp.toml"), "config", "show"]) == 0
     out = capsys.readouterr().out
     assert "bad.example is blocked" in out
     assert "https://q.example capabilities=pull,resolve verify ca=/ca.crt" in out
     assert "https://m.example (mirror) capabilities=pull" in out
+    assert "https://m.example (mirror) capabilities=pull verify credentials=anonymous" in out
+    assert "https://n.example (mirror) capabilities=pull,resolve verify credentials=anonymous" \
+        in out
+    assert "https://o.example (mirror) capabilities=pull,resolve verify credentials=shared" in out
+    assert "https://p.example capabilities=pull,resolve verify\n" in out

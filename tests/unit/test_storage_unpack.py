@@ -214,3 +214,92 @@ def test_entries_the_kernel_refuses_are_refused_as_unsafe_layers(
         tmp_path: Path, layer: LayerBuilder, reason: str) -> None:
     with pytest.raises(UnsafeLayer, match=f"layer entry .* cannot be unpacked: {reason}"):
         unpack(tmp_path, layer)
+
+
+def unpack_blob(tmp_path: Path, data: bytes | io.RawIOBase, diff_id: str | None = None) -> Path:
+    target = tmp_path / "layer"
+    target.mkdir()
+    if isinstance(data, bytes):
+        blob = tmp_path / "blob"
+        blob.write_bytes(data)
+        unpack_layer(blob, target, diff_id)
+    else:
+        unpack_layer(data, target, diff_id)
+    return target
+
+
+def big_text_layer() -> tuple[bytes, str]:
+    layer = make_layer(LayerBuilder().file("a/text", b"line of text\n" * 400_000)
+                       .file("a/random", os.urandom(3 << 20)), "none")
+    return layer.data, layer.diff_id
+
+
+def test_gzip_of_several_members_and_zero_padding(tmp_path: Path) -> None:
+    tar, diff_id = big_text_layer()
+    cut = 1_234_567  # members may split the tar anywhere, even inside a file
+    blob = gzip.compress(tar[:cut]) + gzip.compress(tar[cut:]) + b"\0" * 1000
+    root = unpack_blob(tmp_path, blob, diff_id)
+    assert (root / "a" / "text").read_bytes() == b"line of text\n" * 400_000
+
+
+@pytest.mark.parametrize("where", ["crc", "length"])
+def test_gzip_trailer_that_does_not_match_is_refused(tmp_path: Path, where: str) -> None:
+    tar, _ = big_text_layer()
+    blob = bytearray(gzip.compress(tar))
+    blob[-8 if where == "crc" else -2] ^= 0x55  # the CRC-32 and the length of the trailer
+    with pytest.raises(UnsafeLayer, match="truncated or corrupt"):
+        unpack_blob(tmp_path, bytes(blob))
+
+
+def test_gzip_with_garbage_after_a_member_is_refused(tmp_path: Path) -> None:
+    tar, _ = big_text_layer()
+    with pytest.raises(UnsafeLayer, match="truncated or corrupt"):
+        unpack_blob(tmp_path, gzip.compress(tar) + b"not gzip at all")
+
+
+class Trickle(io.RawIOBase):
+    """A stream that cannot seek and gives few bytes per read, as a slow download does."""
+
+    def __init__(self, data: bytes, step: int):
+        self.data = memoryview(data)
+        self.step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.step, len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_unpack_from_a_stream_that_trickles(tmp_path: Path, compression: str) -> None:
+    built = make_layer(LayerBuilder().file("etc/conf", "hello" * 10_000, mode=0o640)
+                       .whiteout("etc/gone"), compression)  # type: ignore[arg-type]
+    root = unpack_blob(tmp_path, Trickle(built.data, 3), built.diff_id)
+    assert (root / "etc" / "conf").read_text() == "hello" * 10_000
+    assert stat.S_ISCHR((root / "etc" / "gone").lstat().st_mode)
+
+
+def test_written_is_called_before_the_end_of_the_stream(tmp_path: Path) -> None:
+    """The layer's sync runs while the end of a download (its verification) is awaited."""
+    built = make_layer(LayerBuilder().file("etc/conf", "hello" * 10_000), "gzip")
+    calls: list[str] = []
+
+    class EndWatcher(Trickle):
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            n = super().readinto(buffer)
+            if n == 0:
+                calls.append("end of stream")
+            return n
+
+    def written() -> None:
+        assert (tmp_path / "layer" / "etc" / "conf").read_text() == "hello" * 10_000
+        calls.append("written")
+
+    target = tmp_path / "layer"
+    target.mkdir()
+    unpack_layer(EndWatcher(built.data, 1 << 20), target, built.diff_id, written=written)
+    assert calls[0] == "written" and "end of stream" in calls

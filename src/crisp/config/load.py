@@ -192,6 +192,13 @@ def _check(config: Config) -> list[tuple[str, str]]:
                         f"must be an http:// or https:// URL, not {mirror!r}",
                     )
                 )
+    for registry, hosts in config.registries.mirror_credentials.items():
+        for i, host in enumerate(hosts):
+            if host != "*" and ("/" in host or not host):
+                problems.append((
+                    f"registries.mirror_credentials.{registry}[{i}]",
+                    f'must be a host[:port] (no scheme or path) or "*", not {host!r}',
+                ))
     for host, tls in config.registries.tls.items():
         if tls.key_file and not tls.cert_file:
             problems.append((f"registries.tls.{host}.key_file", "needs cert_file too"))

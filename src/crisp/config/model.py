@@ -82,6 +82,14 @@ class RegistryConfig:
         live=True,
         factory=dict,
     )
+    mirror_credentials: dict[str, list[str]] = option(
+        None,
+        "Hosts (host[:port]) that also get a registry's credentials when they serve its "
+        'images, as "registry.example:5000" = ["mirror.lan:5000"] ("*": every mirror or '
+        "server configured for it); credentials go to no other host.",
+        live=True,
+        factory=dict,
+    )
     tls: dict[str, RegistryTLS] = option(
         None,
         'TLS per registry host, as [registries.tls."host:port"]; a host named here is '
@@ -119,6 +127,12 @@ class ImageConfig:
     )
     max_concurrent_downloads: int = option(
         3, "Layers downloaded in parallel for one pull.", live=True
+    )
+    unpack_while_downloading: bool = option(
+        True,
+        "Unpack each layer as its bytes arrive (it is marked ready only once the whole blob "
+        "verified); false unpacks a layer after its download.",
+        live=True,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from crisp.durable import fsync_dir
 from crisp.errors import InvalidArgument, NotFound
 from crisp.images.reference import validate_digest
 from crisp.keyedlocks import KeyedLocks
+from crisp.storage.layers import SourceInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ PARTIAL_MAX_AGE = 24 * 3600.0  # a partial download untouched this long is dropp
 
 class DigestMismatch(InvalidArgument):
     """A blob's content does not match the digest or size it was asked for by."""
+
+
+class IngestInterrupted(SourceInterrupted):
+    """The download an :class:`IngestReader` follows ended without a verified blob, or
+    started over: what was read is not (all of) the blob."""
 
 
 class Ingest:
@@ -54,6 +61,10 @@ class Ingest:
         # a write still running in its thread after a cancel must finish before the file
         # is closed, else it could land in whatever file reuses the descriptor number
         self._io = threading.Lock()
+        # readers following the download (IngestReader) wait on this for bytes or the end
+        self._progress = threading.Condition()
+        self._generation = 0  # bumped when the file starts over
+        self._ended: str | None = None  # "verified", or why the download ended without it
 
     def open(self, resume: bool) -> None:
         """Open the ingest file (blocking); with ``resume`` keep and rehash what is there."""
@@ -82,6 +93,9 @@ class Ingest:
             self._truncate_locked()
 
     def _truncate_locked(self) -> None:
+        with self._progress:
+            self._generation += 1  # before the bytes go: a reader must not take the new ones
+            self._progress.notify_all()
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hash = hashlib.sha256()
@@ -119,7 +133,9 @@ class Ingest:
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        self.offset += len(data)
+        with self._progress:
+            self.offset += len(data)
+            self._progress.notify_all()
 
     async def commit(self) -> Path:
         """Verify size and digest, then make the blob visible atomically; DigestMismatch if not."""
@@ -138,15 +154,31 @@ class Ingest:
             raise DigestMismatch(
                 f"blob {self.digest} has the wrong content (its digest is {actual})"
             )
+        started = time.monotonic()
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         final = self.store.path(self.digest)
         os.rename(self.path, final)
         fsync_dir(final.parent)
+        self._end("verified")
+        log.debug("blob %s verified and on disk (fsync %.3fs)", self.digest,
+                  time.monotonic() - started)
         return final
 
+    def _end(self, how: str) -> None:
+        with self._progress:
+            if self._ended is None:
+                self._ended = how
+            self._progress.notify_all()
+
+    def follow(self) -> IngestReader:
+        """A reader of this blob while it downloads: it returns the bytes as they are written
+        and the end of file only once the whole blob verified (see :class:`IngestReader`)."""
+        return IngestReader(self)
+
     def _discard(self) -> None:
+        self._end("discarded")
         with self._io:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -160,6 +192,7 @@ class Ingest:
         await asyncio.to_thread(self._close_blocking)
 
     def _close_blocking(self) -> None:
+        self._end("stopped")
         with self._io:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -169,6 +202,57 @@ class Ingest:
         """Remove the partial blob: nothing half-written stays behind."""
         self._pending.clear()
         await asyncio.to_thread(self._discard)
+
+
+class IngestReader(io.RawIOBase):
+    """Reads a blob from its ingest file while the download writes it (blocking).
+
+    Bytes are returned as soon as they are in the file; the end of file comes only after the
+    download's size and digest checked out, so a consumer that reads to the end has read
+    exactly the verified blob. If the download fails, stops, or starts the file over (a
+    server that ignores Range, a resumed partial that did not verify), reading raises
+    :class:`IngestInterrupted`. The reader has its own descriptor: the commit's rename and an
+    abort's unlink do not disturb it.
+    """
+
+    def __init__(self, ingest: Ingest):
+        super().__init__()
+        self._ingest = ingest
+        self._generation = ingest._generation
+        self._fd = os.open(ingest.path, os.O_RDONLY | os.O_CLOEXEC)
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        ingest = self._ingest
+        while True:
+            with ingest._progress:
+                while True:
+                    if ingest._generation != self._generation:
+                        raise IngestInterrupted(f"the download of {ingest.digest} started over")
+                    available = ingest.offset - self.position
+                    if available > 0:
+                        break
+                    if ingest._ended == "verified":
+                        return 0
+                    if ingest._ended is not None:
+                        raise IngestInterrupted(
+                            f"the download of {ingest.digest} ended unverified ({ingest._ended})"
+                        )
+                    ingest._progress.wait()
+            view = memoryview(buffer)[:min(len(buffer), available)]
+            n = os.preadv(self._fd, [view], self.position)
+            if n:  # 0: the file was cut meanwhile; the generation says so on the next turn
+                self.position += n
+                return n
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        super().close()
 
 
 class ContentStore:

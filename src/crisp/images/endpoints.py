@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from crisp.config import LiveConfig, RegistryConfig
 from crisp.errors import FailedPrecondition, InvalidArgument
 from crisp.images import registries_conf
+from crisp.images.auth import normalize_host
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +388,15 @@ def tls_reason(error: BaseException) -> str:
     return f"TLS handshake failed ({text})"
 
 
+def shares_credentials(config: RegistryConfig, domain: str, host: str) -> bool:
+    """If ``registries.mirror_credentials`` sends ``domain``'s credentials to ``host`` too."""
+    wanted = normalize_host(domain)
+    for registry, hosts in config.mirror_credentials.items():
+        if normalize_host(registry) == wanted:
+            return "*" in hosts or normalize_host(host) in map(normalize_host, hosts)
+    return False
+
+
 def known_hosts(config: RegistryConfig) -> list[str]:
     """Every registry host some source configures, for ``crisp config show``."""
     hosts: set[str] = {*config.mirrors, *config.tls, *config.insecure}
@@ -421,6 +431,9 @@ def describe(live: LiveConfig, hosts: list[str]) -> str:
             parts += [f"header={name}" for name, _ in endpoint.headers]
             if endpoint.repository:
                 parts.append(f"repository={endpoint.repository}")
+            if normalize_host(endpoint.host) != normalize_host(domain):
+                shared = shares_credentials(live.current.registries, domain, endpoint.host)
+                parts.append("credentials=" + ("shared" if shared else "anonymous"))
             if endpoint.source:
                 parts.append(f"from={endpoint.source}")
             lines.append("  " + " ".join(parts))

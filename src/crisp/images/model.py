@@ -6,7 +6,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from crisp.errors import CrispError
 from crisp.images.manifest import ImageConfig
+
+
+class NameUnresolved(Exception):
+    """A pull failed before its registry resolved the name (not found, unreachable, refused,
+    blocked, TLS): nothing of the image came from there, so a short name's search may go on to
+    the next registry. ``error`` is what to report."""
+
+    def __init__(self, error: CrispError):
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Pulling one image: resolve the manifest, fetch config and layers, unpack, record.
 
-Layers download in parallel (``images.max_concurrent_downloads``) and each is unpacked as soon
-as its blob is complete; blobs and layers other pulls already fetch are waited for, not
-fetched twice. The image record is written last, in one transaction, so a failed pull leaves
-at most verified blobs and complete layers that garbage collection removes.
+Layers download in parallel (``images.max_concurrent_downloads``) and each is unpacked while
+its bytes arrive (or, with ``images.unpack_while_downloading`` off, once its blob is complete);
+it is recorded only after its blob verified. Blobs and layers other pulls already fetch are
+waited for, not fetched twice. The image record is written last, in one transaction, so a
+failed pull leaves at most verified blobs and complete layers that garbage collection removes.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from crisp.config import LiveConfig
-from crisp.errors import DeadlineExceeded, InvalidArgument
+from crisp.errors import CrispError, DeadlineExceeded, InvalidArgument
 from crisp.images.auth import Credentials
-from crisp.images.content import ContentStore, DigestMismatch, Ingest
+from crisp.images.content import ContentStore, DigestMismatch, Ingest, IngestInterrupted
 from crisp.images.manifest import (
     Descriptor,
     Index,
@@ -25,11 +27,11 @@ from crisp.images.manifest import (
     parse_manifest,
     select_platform,
 )
-from crisp.images.model import Image, LayerRef
+from crisp.images.model import Image, LayerRef, NameUnresolved
 from crisp.images.progress import PullProgress
 from crisp.images.reference import Reference
 from crisp.images.registry import RegistryClient, RepositoryClient
-from crisp.storage import LayerStore, chain_ids
+from crisp.storage import LayerInfo, LayerStore, chain_ids
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,11 @@ class Puller:
 
     async def _pull(self, reference: Reference, credentials: Credentials | None,
                     progress: PullProgress) -> Image:
-        repository = self.client.repository(reference, credentials)
-        top = await repository.fetch_manifest(reference.object)
+        try:
+            repository = self.client.repository(reference, credentials)
+            top = await repository.fetch_manifest(reference.object)
+        except CrispError as error:
+            raise NameUnresolved(error) from error
         document = parse_manifest(top.data, top.media_type)
         await self.content.put(top.digest, top.data)
         index_digest: str | None = None
@@ -136,19 +141,72 @@ class Puller:
         if await self.layers.get(chain) is not None and self.content.has(descriptor.digest):
             entry.state, entry.done = "exists", descriptor.size
             return
+        if (self.live.current.images.unpack_while_downloading
+                and not self.content.has(descriptor.digest)):
+            info, downloaded = await self._streamed_layer(repository, descriptor, diff_id, chain,
+                                                          parent, limit, progress)
+            entry.state = "done"
+            # bench/pull.py reads the sizes and times of these lines for its rates
+            log.info("layer %s of %s ready (%d bytes, %d unpacked while downloading, "
+                     "ready %.3fs after its download)", descriptor.digest, progress.reference,
+                     descriptor.size, info.size, time.monotonic() - downloaded)
+            return
         async with limit:
             blob = await self._blob(repository, descriptor, progress)
         entry.state = "unpacking"
         started = time.monotonic()
         info = await self.layers.ensure(chain, parent, diff_id, blob)
         entry.state = "done"
-        # bench/pull.py reads the sizes and times of these two lines for its rates
         log.info("layer %s of %s ready (%d bytes, %d unpacked, unpacked in %.3fs)",
                  descriptor.digest, progress.reference, descriptor.size, info.size,
                  time.monotonic() - started)
 
+    async def _streamed_layer(self, repository: RepositoryClient, descriptor: Descriptor,
+                              diff_id: str, chain: str, parent: str | None,
+                              limit: asyncio.Semaphore,
+                              progress: PullProgress) -> tuple[LayerInfo, float]:
+        """Download a layer and unpack it from the bytes as they arrive.
+
+        The unpack reads the ingest file behind the download (:class:`IngestReader`) and
+        gets its end of file only once the whole blob verified, so the layer is recorded only
+        for the right bytes; a mismatch fails the unpack and the pull. If the download starts
+        over (a resumed partial that did not verify, a server that ignores Range), or the blob
+        was fetched by another pull meanwhile, the layer is unpacked from the stored blob.
+        Returns the layer and when its download ended (time.monotonic).
+        """
+        unpack: asyncio.Task[LayerInfo] | None = None
+
+        def begun(ingest: Ingest) -> None:
+            nonlocal unpack
+            if unpack is not None:
+                return
+            try:
+                reader = ingest.follow()
+            except OSError as error:  # out of descriptors, say: unpack after the download
+                log.warning("cannot follow the download of %s (%s); unpacking it after",
+                            descriptor.digest, error)
+                return
+            unpack = asyncio.create_task(self.layers.ensure(chain, parent, diff_id, reader))
+
+        try:
+            async with limit:  # the download's slot; the unpack's last writes and sync need none
+                blob = await self._blob(repository, descriptor, progress, on_begin=begun)
+        except BaseException:
+            if unpack is not None:  # it ends (with IngestInterrupted) as the ingest closes
+                unpack.add_done_callback(_consume)
+            raise
+        downloaded = time.monotonic()
+        progress.layers[descriptor.digest].state = "unpacking"  # its last bytes, and the sync
+        if unpack is not None:
+            try:
+                return await unpack, downloaded
+            except IngestInterrupted:
+                pass
+        return await self.layers.ensure(chain, parent, diff_id, blob), downloaded
+
     async def _blob(self, repository: RepositoryClient, descriptor: Descriptor,
-                    progress: PullProgress, log_it: bool = True) -> Path:
+                    progress: PullProgress, log_it: bool = True,
+                    on_begin: Callable[[Ingest], None] | None = None) -> Path:
         entry = progress.layers.get(descriptor.digest)
         if self.content.has(descriptor.digest):
             if entry:
@@ -168,6 +226,8 @@ class Puller:
                 if ingest.resumed_from:
                     log.info("resuming the download of %s at byte %d", descriptor.digest,
                              ingest.resumed_from)
+                if on_begin is not None:
+                    on_begin(ingest)
 
                 def advance(n: int, ingest: Ingest = ingest) -> None:
                     if entry is not None:
@@ -195,6 +255,12 @@ class Puller:
                 log.info("downloaded %s of %s (%d bytes in %.3fs)", descriptor.digest,
                          progress.reference, descriptor.size, time.monotonic() - started)
             return path
+
+
+def _consume(task: asyncio.Task[LayerInfo]) -> None:
+    """Retrieve the outcome of an unpack nobody waits for any more (the pull failed)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -29,7 +29,12 @@ from crisp.errors import (
     RuntimeFailure,
     Unavailable,
 )
-from crisp.images.auth import Credentials, TokenCache, from_auth_file, parse_challenges
+from crisp.images.auth import (
+    Credentials,
+    TokenCache,
+    from_auth_file,
+    parse_challenges,
+)
 from crisp.images.content import Ingest
 from crisp.images.endpoints import (
     DOCKER_HUB_API,
@@ -37,6 +42,7 @@ from crisp.images.endpoints import (
     Endpoint,
     SSLContexts,
     endpoints_for,
+    shares_credentials,
     tls_reason,
 )
 from crisp.images.manifest import ACCEPT, MAX_MANIFEST_SIZE, Descriptor, media_type_of
@@ -127,8 +133,13 @@ class RepositoryClient:
         return endpoint.base_url, self._scope(endpoint), self._identity(endpoint)
 
     def _credentials_for(self, endpoint: Endpoint) -> Credentials:
-        """The pull's credentials for ``endpoint``'s host, or none: they go to one registry."""
-        if self.credentials.is_for(endpoint.host, self.reference.domain):
+        """The pull's credentials for ``endpoint``'s host, or none: they go to one registry,
+        and to the hosts ``registries.mirror_credentials`` names for it."""
+        domain = self.reference.domain
+        if self.credentials.is_for(endpoint.host, domain):
+            return self.credentials
+        if self.credentials.is_for(domain, domain) and shares_credentials(
+                self.client.live.current.registries, domain, endpoint.host):
             return self.credentials
         return Credentials()
 

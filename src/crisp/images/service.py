@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 from crisp import heap
 from crisp.config import LiveConfig
 from crisp.diskspace import DiskFull, disk_full_from, is_disk_full
-from crisp.errors import InvalidArgument, NotFound, Unavailable
+from crisp.errors import CrispError, InvalidArgument, NotFound
 from crisp.images.auth import Credentials
 from crisp.images.content import ContentStore
 from crisp.images.endpoints import search_registries
 from crisp.images.gate import PullGate
 from crisp.images.gc import GarbageCollector, GcResult
 from crisp.images.manifest import Manifest, parse_config
-from crisp.images.model import Image, LayerRef
+from crisp.images.model import Image, LayerRef, NameUnresolved
 from crisp.images.progress import PullProgress
 from crisp.images.reference import (
     Reference,
@@ -134,16 +134,30 @@ class ImageService:
     async def pull(self, reference: str, auth: Credentials | None = None) -> Image:
         """Pull ``reference`` and record it under its tag and digest.
 
-        A short name (no registry) is tried in each of ``registries.search`` in order.
+        A short name (no registry) is tried in each of ``registries.search`` in order: a
+        registry that does not resolve the name passes it on to the next, and the first that
+        resolves it decides, even if the pull then fails (a broken image is not replaced by
+        another registry's image of the same name). If none resolves it, the error lists each.
         """
         candidates = search_candidates(reference,
                                        search_registries(self.live.current.registries))
-        for candidate in candidates[:-1]:
+        failures: builtins.list[tuple[Reference, CrispError]] = []
+        for candidate in candidates:
             try:
                 return await self._pull(candidate, auth)
-            except (NotFound, Unavailable) as error:
-                log.info("%s: %s; trying the next search registry", candidate, error)
-        return await self._pull(candidates[-1], auth)
+            except NameUnresolved as unresolved:
+                failures.append((candidate, unresolved.error))
+                if len(failures) < len(candidates):
+                    log.info("%s: %s; trying the next search registry", candidate,
+                             unresolved.error)
+        if len(failures) == 1:
+            raise failures[0][1]
+        last = failures[-1][1]
+        kind = next(k for k in type(last).__mro__ if k.__module__ == CrispError.__module__)
+        raise kind(
+            f"{reference}: no search registry has it ("
+            + "; ".join(f"{candidate}: {error}" for candidate, error in failures) + ")"
+        ) from last
 
     async def _pull(self, ref: Reference, auth: Credentials | None) -> Image:
         try:

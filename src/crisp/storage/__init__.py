@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from crisp.storage.layers import LayerInfo, LayerStore, chain_ids, short_name
+from crisp.storage.layers import LayerInfo, LayerStore, SourceInterrupted, chain_ids, short_name
 from crisp.storage.snapshots import OwnerShift, SnapshotStore
 from crisp.storage.usage import disk_usage
 
@@ -23,6 +23,7 @@ __all__ = [
     "LayerStore",
     "OwnerShift",
     "SnapshotStore",
+    "SourceInterrupted",
     "UnpackResult",
     "UnsafeLayer",
     "chain_ids",

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
+import io
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from crisp.durable import fsync_dir, syncfs
 from crisp.failpoints import failpoint
@@ -28,6 +34,7 @@ from crisp.state import Database, Records
 log = logging.getLogger(__name__)
 
 SHORT_NAME_LENGTH = 20
+_T = TypeVar("_T")
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -46,6 +53,11 @@ def short_name(chain_id: str) -> str:
     """A stable, short, filesystem-safe name for a chain id (for the ``l/`` links)."""
     raw = hashlib.sha256(chain_id.encode()).digest()
     return base64.b32encode(raw).decode().rstrip("=")[:SHORT_NAME_LENGTH]
+
+
+class SourceInterrupted(Exception):
+    """The stream a layer was being unpacked from ended without the whole, verified blob (a
+    download that stopped or started over): unpack it again from the stored blob."""
 
 
 @dataclass(frozen=True)
@@ -97,18 +109,32 @@ class LayerStore:
         ]
 
     async def ensure(
-        self, chain_id: str, parent: str | None, diff_id: str, blob: Path
+        self, chain_id: str, parent: str | None, diff_id: str, blob: Path | io.RawIOBase
     ) -> LayerInfo:
-        """Unpack ``blob`` as ``chain_id`` unless it is there; concurrent callers share it."""
+        """Unpack ``blob`` as ``chain_id`` unless it is there; concurrent callers share it.
+
+        ``blob`` is the blob's file, or a stream of it (a download still arriving, read in a
+        thread of its own since it may wait long for bytes), which this closes when done.
+        """
         existing = await self.get(chain_id)
         if existing is not None and self.directory(chain_id).is_dir():
+            _close(blob)
             return existing
         task = self._inflight.get(chain_id)
         if task is None:
             task = asyncio.create_task(self._unpack(chain_id, parent, diff_id, blob))
             self._inflight[chain_id] = task
             task.add_done_callback(lambda _: self._inflight.pop(chain_id, None))
-        return await asyncio.shield(task)
+        else:
+            _close(blob)
+        try:
+            return await asyncio.shield(task)
+        except SourceInterrupted:
+            if not isinstance(blob, Path):
+                raise
+            # we joined an unpack that read a download which then started over; the blob is
+            # complete now, and the failed unpack is no longer in flight
+            return await self.ensure(chain_id, parent, diff_id, blob)
 
     async def settle(self) -> None:
         """Wait until no unpack runs (a failed pull waits so that it leaves no staging dirs)."""
@@ -116,9 +142,17 @@ class LayerStore:
             await asyncio.wait(list(self._inflight.values()))
 
     async def _unpack(
-        self, chain_id: str, parent: str | None, diff_id: str, blob: Path
+        self, chain_id: str, parent: str | None, diff_id: str, blob: Path | io.RawIOBase
     ) -> LayerInfo:
-        result = await asyncio.to_thread(self._unpack_blocking, chain_id, diff_id, blob)
+        if isinstance(blob, Path):
+            result = await asyncio.to_thread(self._unpack_blocking, chain_id, diff_id, blob)
+        else:
+            # not the default executor: a stream waits for the network, and enough waiting
+            # streams would starve the downloads' own writes of its threads
+            try:
+                result = await _in_own_thread(self._unpack_blocking, chain_id, diff_id, blob)
+            finally:
+                _close(blob)
         failpoint("layer.unpacked")  # on disk, not yet recorded: a restart must redo it
         info = LayerInfo(chain_id, parent, diff_id, result[0], result[1])
         try:
@@ -134,7 +168,8 @@ class LayerStore:
             raise
         return info
 
-    def _unpack_blocking(self, chain_id: str, diff_id: str, blob: Path) -> tuple[int, int]:
+    def _unpack_blocking(self, chain_id: str, diff_id: str,
+                         blob: Path | io.RawIOBase) -> tuple[int, int]:
         final = self.directory(chain_id).parent
         staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=self.root))
         try:
@@ -142,11 +177,22 @@ class LayerStore:
             public_dir(diff)  # a layer without a "./" entry shows it as a directory's mode
             from crisp.storage.unpack import unpack_layer  # tarfile only where layers unpack
 
-            result = unpack_layer(blob, diff, diff_id)
             (staging / "link").write_text(short_name(chain_id))
-            # the files must be on disk before the record says the layer is ready: a power
-            # loss after it must not leave a recorded layer with empty or missing files
-            syncfs(staging)
+            started = time.monotonic()
+            times: list[float] = []
+
+            def sync() -> None:
+                # the files must be on disk before the record says the layer is ready: a
+                # power loss after it must not leave a recorded layer with empty or missing
+                # files. Called when the last file is written, so that it overlaps the
+                # verification of a blob still arriving (a layer that fails it goes anyway).
+                times.append(time.monotonic())
+                syncfs(staging)
+                times.append(time.monotonic())
+
+            result = unpack_layer(blob, diff, diff_id, written=sync)
+            log.debug("layer %s: extract %.3fs, syncfs %.3fs, verified %.3fs later", chain_id,
+                      times[0] - started, times[1] - times[0], time.monotonic() - times[1])
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging, final)
@@ -199,6 +245,37 @@ class LayerStore:
 
         return await asyncio.to_thread(sweep)
 
+
+
+def _close(blob: Path | io.RawIOBase) -> None:
+    if not isinstance(blob, Path):
+        blob.close()
+
+
+async def _in_own_thread(function: Callable[..., _T], *args: object) -> _T:
+    """Run ``function`` in a new thread and wait for it (it runs to its end even if the
+    waiter is cancelled)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def hand_over(outcome: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    def run() -> None:
+        try:
+            result = function(*args)
+        except BaseException as error:
+            hand_over(functools.partial(future.set_exception, error))
+        else:
+            hand_over(functools.partial(future.set_result, result))
+
+    threading.Thread(target=run, name="crisp-unpack", daemon=True).start()
+    return await future
 
 
 def _is_layer_dir_name(name: str) -> bool:
