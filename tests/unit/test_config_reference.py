@@ -34,10 +34,11 @@ def documented_defaults(markdown: str) -> dict[str, Any]:
 
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a TOML document; ``mirrors`` is a value (a table of lists)."""
+    """Dotted keys of a TOML document; the tables of lists (``mirrors``,
+    ``mirror_credentials``) are values."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
-        if isinstance(value, dict) and key != "mirrors":
+        if isinstance(value, dict) and key not in ("mirrors", "mirror_credentials"):
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
