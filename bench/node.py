@@ -10,7 +10,7 @@ ContainerStatus scales with the number of containers; the relists do not.
 Printed per runtime: the daemon's CPU (share of one core) and that of its per-pod processes,
 the daemon's RSS, and p50/p99 latency per RPC, with crisp/containerd ratios; ``--json OUT``
 writes the same figures as ``{metric: {"crisp": value, "containerd": value}}`` (latencies
-under ``latency_ms``, per RPC). Run as root from the repository root::
+per RPC as ``<RPC> p50 ms`` and ``<RPC> p99 ms``). Run as root from the repository root::
 
     python bench/node.py [--pods 110] [--minutes 5] [--json node.json]
     python bench/node.py --pods 30 --minutes 1      # a quick check
@@ -193,29 +193,31 @@ def main() -> None:
 
 
 def as_json(results: dict[str, dict[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
-    """The figures keyed by metric, then runtime (what bench/report.py reads)."""
+    """The figures keyed by metric, then runtime, named as bench/report.py's targets read them
+    (it adds the pod count from the file name, node-N.json)."""
     mib = 2**20
 
     def per_runtime(read: Callable[[dict[str, Any]], float]) -> dict[str, float]:
         return {name: round(read(result), 3) for name, result in results.items()}
 
-    latency: dict[str, dict[str, dict[str, float]]] = {}
+    figures: dict[str, Any] = {
+        "pods": options.pods, "containers_per_pod": 2, "seconds": options.duration,
+        "load_average": list(os.getloadavg()),
+        "daemon CPU %": per_runtime(lambda r: r["cpu"] * 100),
+        "per-pod processes CPU %": per_runtime(lambda r: r["pod_cpu"] * 100),
+        "daemon RSS MiB": per_runtime(lambda r: r["rss"] / mib),
+        "daemon RSS peak MiB": per_runtime(lambda r: r["peak"] / mib),
+        "daemon anonymous MiB": per_runtime(lambda r: r["smaps"].get("Anonymous", 0) / mib),
+    }
     for name, result in results.items():
         for rpc, samples in result["latencies"].items():
             if samples:
-                latency.setdefault(rpc, {})[name] = {
-                    "p50": round(statistics.median(samples) * 1000, 3),
-                    "p99": round(percentile(samples, 0.99) * 1000, 3), "calls": len(samples)}
-    return {
-        "pods": options.pods, "containers_per_pod": 2, "seconds": options.duration,
-        "load_average": list(os.getloadavg()),
-        "daemon_cpu_percent": per_runtime(lambda r: r["cpu"] * 100),
-        "per_pod_cpu_percent": per_runtime(lambda r: r["pod_cpu"] * 100),
-        "daemon_rss_mib": per_runtime(lambda r: r["rss"] / mib),
-        "daemon_rss_peak_mib": per_runtime(lambda r: r["peak"] / mib),
-        "daemon_anonymous_mib": per_runtime(lambda r: r["smaps"].get("Anonymous", 0) / mib),
-        "latency_ms": latency,
-    }
+                figures.setdefault(f"{rpc} p50 ms", {})[name] = round(
+                    statistics.median(samples) * 1000, 3)
+                figures.setdefault(f"{rpc} p99 ms", {})[name] = round(
+                    percentile(samples, 0.99) * 1000, 3)
+                figures.setdefault(f"{rpc} calls", {})[name] = len(samples)
+    return figures
 
 
 def report(results: dict[str, dict[str, Any]], pods: int) -> None:
