@@ -30,6 +30,9 @@ NOT_AT_START = {
     "http.client": "pulled in by aiohttp and urllib only",
     "email.parser": "pulled in by aiohttp and urllib only",
     "yaml": "never in the daemon",
+    "decimal": "0.4 MiB; quantities parse with whole numbers",
+    "tracemalloc": "0.4 MiB; only when PYTHONTRACEMALLOC asks for the heap breakdown",
+    "platform": "0.2 MiB; os.uname() gives the machine",
 }
 
 PROBE = """
