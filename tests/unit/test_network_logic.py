@@ -143,7 +143,8 @@ def test_dns_and_bandwidth_cni_forms() -> None:
 
 
 @pytest.mark.parametrize(("text", "value"), [
-    ("10M", 10_000_000), ("1Gi", 2**30), ("1.5k", 1500), ("2000", 2000), ("100Ki", 102400)])
+    ("10M", 10_000_000), ("1Gi", 2**30), ("1.5k", 1500), ("2000", 2000), ("100Ki", 102400),
+    ("1500m", 1), ("0.5Ki", 512), ("1.0001k", 1000), ("0.25", 0)])
 def test_quantities(text: str, value: int) -> None:
     assert parse_quantity(text) == value
 

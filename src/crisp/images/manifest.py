@@ -8,7 +8,7 @@ is refused with an explanation.
 from __future__ import annotations
 
 import json
-import platform
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,7 @@ class Platform:
 
 def host_platform() -> Platform:
     """This host's platform in OCI terms (Go's GOOS/GOARCH names)."""
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() reads, without platform's import
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
             "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x"}.get(machine,
                                                                                       machine)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 
 from crisp.errors import InvalidArgument
 from crisp.network.types import BandwidthLimits
@@ -21,13 +20,15 @@ UNLIMITED_BURST = 2**31 - 1
 _MIN_RATE = 1_000  # the kubelet's own bounds: 1 kbit/s ...
 _MAX_RATE = 10**15  # ... to 1 Pbit/s
 
-_SUFFIXES: dict[str, Decimal] = {
-    "": Decimal(1),
-    "m": Decimal("0.001"),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+# suffix -> (numerator, denominator) of its multiplier: whole-number arithmetic, so the
+# daemon needs no decimal module (0.4 MiB) for a quantity
+_SUFFIXES: dict[str, tuple[int, int]] = {
+    "": (1, 1),
+    "m": (1, 1000),
+    "k": (10**3, 1), "M": (10**6, 1), "G": (10**9, 1),
+    "T": (10**12, 1), "P": (10**15, 1), "E": (10**18, 1),
+    "Ki": (2**10, 1), "Mi": (2**20, 1), "Gi": (2**30, 1),
+    "Ti": (2**40, 1), "Pi": (2**50, 1), "Ei": (2**60, 1),
 }
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
 
@@ -37,11 +38,10 @@ def parse_quantity(text: str) -> int:
     match = _QUANTITY.match(text.strip())
     if match is None or match.group(2) not in _SUFFIXES:
         raise InvalidArgument(f"{text!r} is not a quantity such as 10M or 1Gi")
-    try:
-        value = Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
-    except InvalidOperation:
-        raise InvalidArgument(f"{text!r} is not a quantity such as 10M or 1Gi") from None
-    return int(value)
+    whole, _, fraction = match.group(1).partition(".")
+    numerator, denominator = _SUFFIXES[match.group(2)]
+    scale: int = 10 ** len(fraction)
+    return int(whole + fraction) * numerator // (scale * denominator)
 
 
 def bandwidth_from_annotations(annotations: Mapping[str, str]) -> BandwidthLimits | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import re
 import shutil
 from dataclasses import dataclass
@@ -118,10 +117,10 @@ async def handler_features(handler: RuntimeHandler) -> HandlerFeatures:
     """The features Status reports for ``handler`` on this host."""
     document = await runtime_features(handler.runtime_path)
     userns = await asyncio.to_thread(host_allows_pod_userns)
-    return features_of(document, kernel_version(platform.release()), pod_userns_host=userns)
+    return features_of(document, kernel_version(os.uname().release), pod_userns_host=userns)
 
 
 async def runtime_supports_rro(runtime_path: str) -> bool:
     """Whether the OCI runtime at ``runtime_path`` can make recursive read-only mounts here."""
     document = await runtime_features(runtime_path)
-    return features_of(document, kernel_version(platform.release())).recursive_read_only_mounts
+    return features_of(document, kernel_version(os.uname().release)).recursive_read_only_mounts

@@ -19,7 +19,6 @@ import asyncio
 import enum
 import json
 import os
-import platform
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,13 +66,13 @@ _SECCOMP_ARCHES: dict[str, tuple[str, ...]] = {
 
 def host_arch(machine: str | None = None) -> str:
     """The architecture name ("amd64", "arm64", ...) of ``machine`` or of this host."""
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine
     return _MACHINE_TO_ARCH.get(machine, machine)
 
 
 def host_kernel(release: str | None = None) -> tuple[int, int]:
     """(major, minor) of a kernel release string such as "6.1.0-13-amd64"."""
-    release = release or platform.release()
+    release = release or os.uname().release
     numbers = []
     for part in release.split(".")[:2]:
         digits = "".join(ch for ch in part if ch.isdigit()) or "0"

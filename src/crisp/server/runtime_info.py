@@ -6,7 +6,8 @@ import asyncio
 import dataclasses
 import json
 import logging
-import tracemalloc
+import os
+import sys
 from typing import Any
 
 import grpc
@@ -74,7 +75,7 @@ class RuntimeInfoCalls:
             response.info["config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)
             # Time per step of pod and container starts since boot (bench/lifecycle.py).
             response.info["steps"] = json.dumps(steps.totals(), sort_keys=True)
-            if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1: where the heap went
+            if _tracing():  # PYTHONTRACEMALLOC=1: where the heap went
                 response.info["tracemalloc"] = json.dumps(_heap_by_file())
         return response
 
@@ -97,8 +98,19 @@ class RuntimeInfoCalls:
         return cri_pb2.UpdateRuntimeConfigResponse()
 
 
+def _tracing() -> bool:
+    """Whether tracemalloc traces; its module (0.4 MiB) is imported only when it does."""
+    if not (os.environ.get("PYTHONTRACEMALLOC") or "tracemalloc" in sys._xoptions):
+        return False
+    import tracemalloc
+
+    return tracemalloc.is_tracing()
+
+
 def _heap_by_file(top: int = 15) -> list[list[object]]:
     """The Python heap's largest holders, by source file: [[file, KiB, blocks], ...]."""
+    import tracemalloc
+
     stats = tracemalloc.take_snapshot().statistics("filename")
     return [[str(stat.traceback[0].filename), stat.size // 1024, stat.count]
             for stat in stats[:top]]

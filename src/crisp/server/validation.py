@@ -15,7 +15,7 @@ as crashes. One walk over each request's descriptor refuses, with INVALID_ARGUME
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -51,7 +51,9 @@ def _problems(message: Message, where: str, *, in_filter: bool) -> Iterator[str]
     for field, value in message.ListFields():
         path = f"{where}.{field.name}"
         entry = field.message_type
-        if entry is not None and entry.GetOptions().map_entry:
+        # A map's value is a Mapping; asking the descriptor (GetOptions().map_entry) would
+        # import descriptor_pb2, which holds 3 MiB for the daemon's lifetime.
+        if entry is not None and isinstance(value, Mapping):
             yield from _map_problems(entry, value, path, in_filter=in_filter)
             continue
         items = enumerate(value) if field.is_repeated else ((None, value),)

@@ -1,0 +1,58 @@
+"""The daemon at start-up loads only what serving CRI needs: the rest costs RSS for good.
+
+A subprocess imports what ``crisp`` (the daemon command) imports before it serves, checks a
+request the way every RPC is checked, and prints ``sys.modules``. Each module named here
+was once loaded that way and held memory no idle daemon uses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.daemon import checkout_env
+
+# module -> the MiB it holds once imported (measured with smaps_rollup) and where it belongs
+NOT_AT_START = {
+    "aiohttp": "10 MiB; the registry client and streaming server load it when used",
+    "crisp.images.registry": "the registry client: only when a pull happens",
+    "crisp.images.pull": "the registry client: only when a pull happens",
+    "crisp.storage.unpack": "tarfile and gzip: only where layers unpack",
+    "tarfile": "only where layers unpack",
+    "google.protobuf.descriptor_pb2": "3 MiB; descriptor options are never needed to serve",
+    "google.protobuf.json_format": "crispctl's output only",
+    "prometheus_client": "several MiB; only when metrics are enabled",
+    "crisp.server.metrics": "only when metrics are enabled",
+    "crisp.streaming.server": "the streaming server starts on the first exec/attach",
+    "crisp.cli.doctor": "the doctor subcommand only",
+    "crisp.cli.client": "crispctl only",
+    "http.client": "pulled in by aiohttp and urllib only",
+    "email.parser": "pulled in by aiohttp and urllib only",
+    "yaml": "never in the daemon",
+    "decimal": "0.4 MiB; quantities parse with whole numbers",
+    "tracemalloc": "0.4 MiB; only when PYTHONTRACEMALLOC asks for the heap breakdown",
+    "platform": "0.2 MiB; os.uname() gives the machine",
+}
+
+PROBE = """
+import json, sys
+import crisp.cli.daemon
+import crisp.server.app
+from crisp.api import cri_pb2
+from crisp.server.validation import check_request
+
+request = cri_pb2.RunPodSandboxRequest()
+request.config.labels["app"] = "web"
+request.config.metadata.name = "pod"
+check_request(request)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_daemon_start_up_leaves_heavy_modules_unloaded() -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          env=checkout_env(), check=True)
+    loaded = set(json.loads(done.stdout))
+    assert "crisp.server.app" in loaded  # the probe did import the daemon
+    assert {name: why for name, why in NOT_AT_START.items() if name in loaded} == {}
