@@ -333,7 +333,9 @@ def document(metrics: Metrics, meta: dict[str, Any], plots: list[Path], docs: Pa
         "",
         "Written by `bench/report.py` (do not edit by hand: run it again). Both runtimes run on "
         "the same machine in the same run, get the same images from one local registry and "
-        "the very same CRI calls; a ratio is crisp / containerd (below 1: crisp is lower).",
+        "the very same CRI calls; a ratio is crisp / containerd (below 1: crisp is lower). "
+        "Where the daemon's memory goes, and what did not reduce it: "
+        "[footprint.md](footprint.md).",
         "",
         "## How this was produced",
         "",
