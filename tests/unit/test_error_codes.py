@@ -61,6 +61,10 @@ def test_a_registry_answer_gets_the_code_of_what_the_puller_can_do(
     " executable file not found in $PATH",
     'runc create failed: unable to start container process: exec: "/etc/passwd": '
     "permission denied",
+    # runc's stderr as logrus writes it, the quotes escaped
+    'exec in container abc failed: time="2026-01-01T00:00:00Z" level=error msg="exec failed: '
+    'unable to start container process: exec: \\"/no/such/thing\\": stat /no/such/thing: '
+    'no such file or directory"',
 ])
 def test_a_command_the_container_cannot_run_is_the_requests_to_fix(message: str) -> None:
     error = runtime_failure(message)

@@ -122,7 +122,8 @@ _GONE = ("not running", "does not exist", "process already finished", "container
 
 
 _BAD_COMMAND = re.compile(
-    r'exec: "[^"]*": (?:executable file not found|stat [^:]*: no such file or directory'
+    # runc's logrus text escapes the quotes around the command: exec: \"/bin/x\": ...
+    r'exec: \\?".*?\\?": (?:executable file not found|stat [^:]*: no such file or directory'
     r'|permission denied)'
 )
 
