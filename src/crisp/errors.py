@@ -41,5 +41,21 @@ class Unavailable(CrispError):
     """A registry, plugin or other outside party could not be reached (UNAVAILABLE)."""
 
 
-class RuntimeFailure(CrispError):
-    """An outside program (runtime, monitor, plugin) failed; the message has its stderr."""
+class Unauthenticated(CrispError):
+    """A registry wants credentials the request did not carry, or refused them (UNAUTHENTICATED)."""
+
+
+class PermissionDenied(CrispError):
+    """A registry knows who is asking and refuses them this image (PERMISSION_DENIED)."""
+
+
+class Internal(CrispError):
+    """Part of the node's runtime stack (runc, conmon, mounts, namespaces) failed (INTERNAL).
+
+    Not the request's fault and not a crisp bug: the message carries the program's stderr so
+    the operator can fix the node.
+    """
+
+
+class RuntimeFailure(Internal):
+    """An outside program (runtime, monitor) failed; the message has its stderr (INTERNAL)."""

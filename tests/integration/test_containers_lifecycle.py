@@ -251,7 +251,8 @@ def test_bad_input_gets_the_right_codes_and_leaves_nothing(env: PodsEnv, pod: st
     assert create(env.container_config("x", ["true"]), "0" * 64) == grpc.StatusCode.NOT_FOUND
     missing = env.container_config("x", ["true"], image="127.0.0.1:1/none:latest")
     assert create(missing) == grpc.StatusCode.NOT_FOUND
-    assert create(env.container_config("x", ["/no/such/binary"])) == grpc.StatusCode.UNKNOWN
+    assert create(env.container_config("x", ["/no/such/binary"])) == \
+        grpc.StatusCode.INVALID_ARGUMENT
     assert create(env.container_config("", ["true"])) == grpc.StatusCode.INVALID_ARGUMENT
     relative = env.container_config("x", ["true"], working_dir="relative")
     assert create(relative) == grpc.StatusCode.INVALID_ARGUMENT

@@ -126,7 +126,7 @@ def test_exec_sync_caps_output(env: PodsEnv, sleeper: str) -> None:
 def test_exec_sync_of_a_missing_binary_fails_clearly(env: PodsEnv, sleeper: str) -> None:
     with pytest.raises(grpc.RpcError) as error:
         exec_sync(env, sleeper, ["/no/such/thing"])
-    assert error.value.code() == grpc.StatusCode.UNKNOWN
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "/no/such/thing" in error.value.details()
 
 

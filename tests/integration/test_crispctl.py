@@ -451,3 +451,83 @@ def test_pull_from_a_runtime_without_progress(tmp_path: Path) -> None:
     assert lines[0] == "Pulling example.com/app:1" and lines[1].startswith(
         "Pulled example.com/app:1 in "), result.stderr
     assert len(lines) == 2
+
+
+class RecordingImages(cri_pb2_grpc.ImageServiceServicer):  # type: ignore[misc]
+    """An image service on a socket of its own that answers from the real daemon and keeps
+    the name of every call it was asked."""
+
+    def __init__(self, daemon_socket: Path):
+        self.channel = grpc.insecure_channel(f"unix://{daemon_socket}")
+        self.upstream = cri_pb2_grpc.ImageServiceStub(self.channel)
+        self.calls: list[str] = []
+
+    def ImageStatus(self, request: Any, context: Any) -> Any:
+        self.calls.append("ImageStatus")
+        return self.upstream.ImageStatus(request, timeout=10)
+
+    def PullImage(self, request: Any, context: Any) -> Any:
+        self.calls.append("PullImage")
+        return self.upstream.PullImage(request, timeout=60)
+
+
+def test_create_and_run_use_the_image_endpoint(env: PodsEnv, tmp_path: Path) -> None:
+    images = RecordingImages(env.daemon.socket)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(images, server)
+    socket = tmp_path / "images.sock"
+    server.add_insecure_port(f"unix://{socket}")
+    server.start()
+    pod_file, container_file = write_configs(env, tmp_path, "ctl-image-ep", ["sleep", "3600"])
+
+    def attempt(n: int) -> str:  # the same container config, another attempt (another name)
+        config = yaml.safe_load(container_file.read_text())
+        config["metadata"]["attempt"] = n
+        path = tmp_path / f"attempt-{n}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return str(path)
+
+    try:
+        container_id = ctl(env, "-i", str(socket), "run", "--with-pull", str(container_file),
+                           str(pod_file)).stdout.strip()
+        assert images.calls == ["ImageStatus"]  # present already: looked up, not pulled
+        pod_id = yaml.safe_load(ctl(env, "ps", "-o", "yaml", "--id", container_id).stdout)[
+            "containers"][0]["podSandboxId"]
+        ctl(env, "-i", str(socket), "create", "--with-pull", pod_id, attempt(1), str(pod_file))
+        assert images.calls == ["ImageStatus", "ImageStatus"]
+        # without -i the image calls go to the runtime endpoint, as before
+        ctl(env, "create", "--with-pull", pod_id, attempt(2), str(pod_file))
+        assert len(images.calls) == 2
+        # the image endpoint down: the error names it, not the runtime endpoint
+        server.stop(0).wait()
+        failed = one_error_line(ctl(env, "-i", str(socket), "create", "--with-pull", pod_id,
+                                    attempt(3), str(pod_file), check=False), "UNAVAILABLE")
+        assert str(socket) in failed and str(env.daemon.socket) not in failed
+    finally:
+        server.stop(0)
+        images.channel.close()
+        for pod in ctl(env, "pods", "-q", "--name", "ctl-image-ep").stdout.split():
+            ctl(env, "rmp", "-f", pod)
+
+
+def test_debug_logs_each_call(env: PodsEnv, tmp_path: Path) -> None:
+    result = ctl(env, "-D", "version")
+    lines = [line for line in result.stderr.splitlines() if "DEBUG" in line]
+    assert len(lines) == 2, result.stderr
+    assert "/runtime.v1.RuntimeService/Version on unix://" in lines[0]
+    assert "request: {}" in lines[0]
+    assert "/runtime.v1.RuntimeService/Version OK in " in lines[1] and " ms " in lines[1]
+    assert '"runtimeName":"crisp"' in lines[1]
+    assert "RuntimeName:  crisp" in result.stdout  # the output itself is unchanged
+
+    failed = ctl(env, "-D", "inspect", "0123456789abcdef", check=False)
+    assert failed.returncode == 1
+    debug = [line for line in failed.stderr.splitlines() if "DEBUG" in line]
+    assert any("ContainerStatus NOT_FOUND in " in line for line in debug), failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("crispctl: unix://")
+
+    # credentials never reach the log
+    pulled = ctl(env, "-D", "pull", "--creds", "alice:s3cret", env.busybox)
+    assert "s3cret" not in pulled.stderr
+    assert "<redacted>" in pulled.stderr
+    assert "/runtime.v1.ImageService/PullImage OK in " in pulled.stderr

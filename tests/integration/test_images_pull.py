@@ -25,7 +25,7 @@ from crisp.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
-    RuntimeFailure,
+    Unauthenticated,
     Unimplemented,
 )
 from crisp.images import Credentials, ImageService
@@ -500,9 +500,9 @@ async def test_basic_auth(tmp_path: Path) -> None:
         reference = f"{registry.host}/private/busybox:latest"
         async with open_service(tmp_path / "r", LiveConfig(make_config(tmp_path / "r"), None)) \
                 as svc:
-            with pytest.raises(RuntimeFailure, match="needs a username and password"):
+            with pytest.raises(Unauthenticated, match="needs a username and password"):
                 await svc.pull(reference)
-            with pytest.raises(RuntimeFailure, match="refused the given credentials"):
+            with pytest.raises(Unauthenticated, match="refused the given credentials"):
                 await svc.pull(reference, Credentials(username="alice", password="wrong"))
             pulled = await svc.pull(reference, Credentials(username="alice",
                                                            password="wonderland"))
@@ -522,7 +522,7 @@ async def test_bearer_token_auth(tmp_path: Path) -> None:
         before = tokens.requests
         async with open_service(tmp_path / "r", LiveConfig(make_config(tmp_path / "r"), None)) \
                 as svc:
-            with pytest.raises(RuntimeFailure, match="401"):
+            with pytest.raises(Unauthenticated, match="401"):
                 await svc.pull(reference, Credentials(username="alice", password="bad"))
             pulled = await svc.pull(reference, Credentials(username="alice",
                                                            password="wonderland"))

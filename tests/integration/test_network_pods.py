@@ -320,7 +320,7 @@ def test_a_broken_plugin_fails_run_pod_sandbox_and_leaves_nothing(
     with pytest.raises(grpc.RpcError) as failure:
         run_pod(daemon, pod_config("doomed"))
 
-    assert failure.value.code() == grpc.StatusCode.UNKNOWN
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = failure.value.details()
     assert "crisp-test-broken" in details
     assert "cannot add rules: table full" in details

@@ -1,18 +1,27 @@
-"""crispctl's commands that need no runtime: shell completion and ``config`` (crictl.yaml)."""
+"""crispctl without a daemon: shell completion, ``config`` (crictl.yaml) and call tracing."""
 
 from __future__ import annotations
 
+import io
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import yaml
 
+from crisp.api import cri_pb2, cri_pb2_grpc
 from crisp.cli.client import build_parser
 from crisp.cli.completion import script
 from crisp.cli.endpoint import resolve_endpoint
+from crisp.cli.tracing import REDACTED, Calls, describe, open_channel
 from tests.support.daemon import checkout_env
 
 
@@ -159,3 +168,70 @@ def test_pull_on_create_and_run_follow_crictl_yaml() -> None:
     assert pulls("run", "c.yaml", "p.yaml")
     assert not pulls("run", "c.yaml", "p.yaml", disable_pull_on_run=True)
     assert pulls("run", "--with-pull", "c.yaml", "p.yaml", disable_pull_on_run=True)
+
+
+def test_debug_describes_requests_without_their_secrets() -> None:
+    request = cri_pb2.PullImageRequest(
+        image=cri_pb2.ImageSpec(image="registry.lan/app:1"),
+        auth=cri_pb2.AuthConfig(username="alice", password="s3cret", auth="YWxpY2U6czNjcmV0",
+                                identity_token="refresh", registry_token="bearer"))
+    text = describe(request)
+    assert "alice" in text and "registry.lan/app:1" in text
+    for secret in ("s3cret", "YWxpY2U6czNjcmV0", "refresh", "bearer"):
+        assert secret not in text
+    assert text.count(REDACTED) == 4
+    big = describe(cri_pb2.ExecSyncResponse(stdout=b"x" * 100_000))
+    assert len(big) < 4100 and big.endswith("characters)")
+
+
+def test_traced_channel_logs_calls_and_never_waits_on_a_future(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    class Fake(cri_pb2_grpc.RuntimeServiceServicer,  # type: ignore[misc]
+               cri_pb2_grpc.ImageServiceServicer):
+        def Version(self, request: Any, context: Any) -> Any:
+            return cri_pb2.VersionResponse(runtime_name="fake")
+
+        def ContainerStatus(self, request: Any, context: Any) -> Any:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such container")
+
+        def PullImage(self, request: Any, context: Any) -> Any:
+            release.wait(10)
+            return cri_pb2.PullImageResponse(image_ref="sha256:" + "ab" * 32)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    cri_pb2_grpc.add_RuntimeServiceServicer_to_server(Fake(), server)
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(Fake(), server)
+    target = f"unix://{tmp_path / 'fake.sock'}"
+    server.add_insecure_port(target)
+    server.start()
+    out = io.StringIO()
+    calls = Calls(debug=True, out=out)
+    try:
+        with open_channel(target, calls) as channel:
+            runtime = cri_pb2_grpc.RuntimeServiceStub(channel)
+            assert runtime.Version(cri_pb2.VersionRequest()).runtime_name == "fake"
+            first, second = out.getvalue().splitlines()
+            assert first == (f"crispctl: DEBUG /runtime.v1.RuntimeService/Version on {target} "
+                             "request: {}")
+            assert re.fullmatch(r"crispctl: DEBUG /runtime.v1.RuntimeService/Version OK in "
+                                r"[0-9.]+ ms response: \{\"runtimeName\":\"fake\"\}", second)
+            assert calls.failed_target is None
+            with pytest.raises(grpc.RpcError):
+                runtime.ContainerStatus(cri_pb2.ContainerStatusRequest(container_id="x"))
+            assert calls.failed_target == target
+            assert "ContainerStatus NOT_FOUND in " in out.getvalue()
+            assert "no such container" in out.getvalue()
+            pull = cri_pb2_grpc.ImageServiceStub(channel).PullImage.future(
+                cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image="app:1")))
+            assert not pull.done()  # the tracer did not wait for it
+            assert "PullImage OK" not in out.getvalue()
+            release.set()
+            assert pull.result(timeout=10).image_ref.startswith("sha256:")
+            wait_until = time.monotonic() + 5
+            while "PullImage OK" not in out.getvalue() and time.monotonic() < wait_until:
+                time.sleep(0.01)
+            assert "/runtime.v1.ImageService/PullImage OK in " in out.getvalue()
+    finally:
+        release.set()
+        server.stop(0)

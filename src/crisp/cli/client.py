@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, NoReturn
 
 import grpc
@@ -26,6 +27,7 @@ from crisp.cli.output import UsageError, add_output_option, emit, to_dict
 from crisp.cli.pod_commands import add_pod_commands
 from crisp.cli.runtime_commands import add_runtime_commands
 from crisp.cli.stream_commands import add_stream_commands
+from crisp.cli.tracing import Calls, open_channel
 
 Command = Callable[[grpc.Channel, argparse.Namespace], int]
 LocalCommand = Callable[[argparse.Namespace], int]
@@ -71,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for an answer (default: timeout in /etc/crictl.yaml, else 10)",
     )
     parser.add_argument(
-        "-D", "--debug", action="store_true", help="say which endpoint each command talks to"
+        "-D", "--debug", action="store_true",
+        help="log each CRI call to stderr: endpoint, request, status, duration and response"
     )
     commands: Any = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     version = commands.add_parser("version", help="the runtime's name and versions")
@@ -115,9 +118,13 @@ HINTS: dict[grpc.StatusCode, str] = {
     "inspect/inspectp",
     grpc.StatusCode.ALREADY_EXISTS: "pick another name or attempt, or remove the old one",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "free disk space or memory on the node and retry",
-    grpc.StatusCode.PERMISSION_DENIED: "run as a user that may use the socket (root)",
+    grpc.StatusCode.PERMISSION_DENIED: "the registry refuses these credentials this image: "
+    "use an account with pull access",
+    grpc.StatusCode.UNAUTHENTICATED: "give the registry's credentials (`crispctl pull --creds "
+    "USER:PASSWORD`, an imagePullSecret, or registries.auth_file)",
     grpc.StatusCode.UNKNOWN: "see the runtime's log for the cause",
-    grpc.StatusCode.INTERNAL: "see the runtime's log for the cause",
+    grpc.StatusCode.INTERNAL: "the node's runtime (runc, conmon) failed: the message has its "
+    "error, the runtime's log the rest",
 }
 
 
@@ -150,12 +157,17 @@ def _main(argv: list[str] | None) -> int:
     target = args.image_target if getattr(args, "image_service", False) else args.runtime_target
     if args.debug:
         print(f"crispctl: {args.command} talks to {target}", file=sys.stderr)
+    calls = args.calls = Calls(debug=args.debug)
     run: Command = args.run
-    with grpc.insecure_channel(target) as channel:
+    with ExitStack() as channels:
+        channel = channels.enter_context(open_channel(target, calls))
+        # create and run look images up and pull them at the image endpoint (-i)
+        args.image_channel = channel if args.image_target == target else \
+            channels.enter_context(open_channel(args.image_target, calls))
         try:
             return run(channel, args)
         except grpc.RpcError as error:
-            print(error_line(target, error), file=sys.stderr)
+            print(error_line(calls.failed_target or target, error), file=sys.stderr)
             return 1
         except UsageError as error:
             print("crispctl: " + " ".join(str(error).split()), file=sys.stderr)

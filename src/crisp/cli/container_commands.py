@@ -176,7 +176,7 @@ def _create(channel: grpc.Channel, args: argparse.Namespace, pod_id: str,
             sandbox: cri_pb2.PodSandboxConfig) -> str:
     config = load_message(args.container_config, cri_pb2.ContainerConfig())
     if _should_pull(args) and config.image.image:
-        _ensure_image(channel, config.image.image, sandbox, args.timeout)
+        _ensure_image(args.image_channel, config.image.image, sandbox, args.timeout)
     response = _runtime(channel).CreateContainer(cri_pb2.CreateContainerRequest(
         pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox),
         timeout=max(args.timeout, 60.0))

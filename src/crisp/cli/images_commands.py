@@ -29,6 +29,7 @@ from crisp.cli.output import (
     with_info,
 )
 from crisp.cli.pull_progress import show_pull
+from crisp.cli.tracing import open_channel
 
 CHUNK = 1 << 20
 
@@ -210,7 +211,7 @@ def remove_images(channel: grpc.Channel, args: argparse.Namespace) -> int:
         used: set[str] = set()
         if args.prune:
             # which images containers use is the runtime's to say, at its own endpoint
-            with grpc.insecure_channel(args.runtime_target) as runtime:
+            with open_channel(args.runtime_target, args.calls) as runtime:
                 containers = cri_pb2_grpc.RuntimeServiceStub(runtime).ListContainers(
                     cri_pb2.ListContainersRequest(), timeout=args.timeout).containers
             used = {c.image_ref for c in containers} | {c.image.image for c in containers}

@@ -22,12 +22,15 @@ import aiohttp
 
 from crisp.config import LiveConfig
 from crisp.errors import (
+    CrispError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    RuntimeFailure,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from crisp.images.auth import (
     Credentials,
@@ -56,6 +59,8 @@ ATTEMPTS = 4
 BACKOFF = 0.2
 READ_CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# what a non-mirror endpoint's refusal raises as is (a mirror's moves on to the next endpoint)
+_REFUSALS = (Unauthenticated, PermissionDenied, FailedPrecondition, Unimplemented)
 _RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError,
               asyncio.TimeoutError)
 
@@ -182,7 +187,7 @@ class RepositoryClient:
             response.release()
             has_credentials = self._credentials_for(endpoint).secrets() != Credentials()
             refused = "the given credentials" if has_credentials else "anonymous access"
-            raise RuntimeFailure(
+            raise Unauthenticated(
                 f"{endpoint} refused {refused} for {self.reference.name} (401 Unauthorized); "
                 + ("check the username and password or token" if has_credentials
                    else "the registry needs credentials in the pull request's auth")
@@ -203,13 +208,13 @@ class RepositoryClient:
             if challenge.scheme == "basic":
                 basic = self._credentials_for(endpoint).basic_header()
                 if basic is None:
-                    raise RuntimeFailure(
+                    raise Unauthenticated(
                         f"{endpoint} needs a username and password for {self.reference.name}; "
                         "none were given in the pull request's auth"
                     )
                 self.client.tokens.put(*self._token_key(endpoint), basic, 3600.0)
                 return basic
-        raise RuntimeFailure(
+        raise Unimplemented(
             f"{endpoint} asked for authentication crisp does not support: {header!r}"
         )
 
@@ -219,7 +224,7 @@ class RepositoryClient:
             return "Bearer " + credentials.registry_token
         realm = params.get("realm")
         if not realm:
-            raise RuntimeFailure(f"{endpoint} sent a bearer challenge without a realm")
+            raise Unavailable(f"{endpoint} sent a bearer challenge without a realm")
         service = params.get("service", "")
         scope = params.get("scope") or self._scope(endpoint)
         session = self.client.session()
@@ -245,15 +250,16 @@ class RepositoryClient:
             async with response:
                 if response.status != 200:
                     body = (await response.text())[:300]
-                    raise RuntimeFailure(
-                        f"token server {realm} answered {response.status} for {scope}: {body}"
+                    raise http_error(
+                        response.status,
+                        f"token server {realm} answered {response.status} for {scope}: {body}",
                     )
                 answer = await response.json(content_type=None)
         except aiohttp.ClientError as error:
             raise Unavailable(f"token server {realm} could not be reached: {error}") from error
         token = answer.get("token") or answer.get("access_token")
         if not isinstance(token, str) or not token:
-            raise RuntimeFailure(f"token server {realm} answered without a token")
+            raise Unavailable(f"token server {realm} answered without a token")
         value = "Bearer " + token
         expires_in = float(answer.get("expires_in") or 60)
         self.client.tokens.put(*self._token_key(endpoint), value, expires_in)
@@ -295,7 +301,7 @@ class RepositoryClient:
                 last = f"{type(error).__name__}: {error}"
                 log.debug("%s %s%s failed: %s", method, endpoint, path, last)
                 continue
-            except (RuntimeFailure, FailedPrecondition) as error:
+            except _REFUSALS as error:
                 if not endpoint.mirror:
                     raise
                 raise Unavailable(f"{endpoint}: {error}") from error  # try the next endpoint
@@ -338,9 +344,10 @@ class RepositoryClient:
                     errors.append(f"{endpoint}: HTTP {response.status} {body}")
                     if endpoint.mirror:
                         continue
-                    raise RuntimeFailure(
+                    raise http_error(
+                        response.status,
                         f"{endpoint} answered {response.status} for the manifest of "
-                        f"{self.reference}: {body}"
+                        f"{self.reference}: {body}",
                     )
                 data = await _read_limited(response, MAX_MANIFEST_SIZE)
                 if len(data) > MAX_MANIFEST_SIZE:
@@ -442,8 +449,9 @@ class RepositoryClient:
                 return "range not satisfiable"
             else:
                 body = (await response.text())[:300]
-                raise RuntimeFailure(
-                    f"{endpoint} answered {response.status} for blob {descriptor.digest}: {body}"
+                raise http_error(
+                    response.status,
+                    f"{endpoint} answered {response.status} for blob {descriptor.digest}: {body}",
                 )
             while True:
                 try:
@@ -463,6 +471,22 @@ class RepositoryClient:
             return f"connection closed after {ingest.written} of {descriptor.size} bytes"
         return None
 
+
+
+def http_error(status: int, message: str) -> CrispError:
+    """The error for a registry's or token server's refusal, by what the puller can do about it.
+
+    401: credentials are missing or wrong; 403: these credentials may not have the image;
+    429 and 5xx: the server is overloaded or broken, try later; any other answer: the node's
+    registry setup does not fit the server (plain HTTP to an HTTPS port, a wrong path prefix).
+    """
+    if status == 401:
+        return Unauthenticated(message)
+    if status == 403:
+        return PermissionDenied(message)
+    if status == 429 or status >= 500:
+        return Unavailable(message)
+    return FailedPrecondition(message)
 
 
 def _tls_alert(error: BaseException) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.durable import remove_durably, write_atomic
-from crisp.errors import InvalidArgument, RuntimeFailure
+from crisp.errors import FailedPrecondition, InvalidArgument
 from crisp.network.conflist import NetworkConfig
 
 _FORMAT = "crisp-cni-attachment-v1"
@@ -102,7 +102,7 @@ class AttachmentCache:
         try:
             return Attachment.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError) as error:
-            raise RuntimeFailure(
+            raise FailedPrecondition(
                 f"the network attachment record {path} is unreadable ({error}); inspect it, "
                 "release the pod's IP by hand if needed, then delete the file"
             ) from None

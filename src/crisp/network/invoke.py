@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crisp.errors import DeadlineExceeded, FailedPrecondition, RuntimeFailure
+from crisp.errors import DeadlineExceeded, FailedPrecondition
 from crisp.process import run_program
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,12 @@ _STDERR_LIMIT = 2000
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class PluginError(RuntimeFailure):
-    """A CNI plugin exited with an error; the message says which, what it said, and stderr."""
+class PluginError(FailedPrecondition):
+    """A CNI plugin exited with an error; the message says which, what it said, and stderr.
+
+    FAILED_PRECONDITION: the node's network setup (its CNI config, plugins, bridge, IPAM) is
+    what has to change before the pod can start, not the request.
+    """
 
     def __init__(self, message: str, *, code: int | None, msg: str, details: str, stderr: str):
         super().__init__(message)
@@ -108,7 +112,7 @@ async def run_plugin(
         result = await run_program([str(path)], time_limit=time_limit, stdin=stdin,
                                    env=call.environment(bin_dirs), cwd="/")
     except OSError as error:
-        raise RuntimeFailure(f"{what}: could not start it: {error}") from error
+        raise FailedPrecondition(f"{what}: could not start it: {error}") from error
     except TimeoutError:
         raise DeadlineExceeded(f"{what} did not finish within {time_limit:g}s and was killed") \
             from None
@@ -123,12 +127,12 @@ async def run_plugin(
     try:
         output = json.loads(stdout)
     except ValueError as error:
-        raise RuntimeFailure(
+        raise FailedPrecondition(
             f"{what} succeeded but printed output that is not JSON ({error}): "
             f"{stdout[:200].decode(errors='replace')!r}"
         ) from None
     if not isinstance(output, dict):
-        raise RuntimeFailure(f"{what} succeeded but printed JSON that is not an object")
+        raise FailedPrecondition(f"{what} succeeded but printed JSON that is not an object")
     return output
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.config import CNIConfig, LiveConfig
-from crisp.errors import CrispError, FailedPrecondition, InvalidArgument, RuntimeFailure
+from crisp.errors import CrispError, FailedPrecondition, InvalidArgument
 from crisp.keyedlocks import KeyedLocks
 from crisp.network import default, version
 from crisp.network.cache import Attachment, AttachmentCache, check_sandbox_id
@@ -148,7 +148,7 @@ class NetworkManager:
                 try:
                     attached = pod_network(result, attachment.network.name, POD_INTERFACE)
                 except ValueError as error:
-                    raise RuntimeFailure(
+                    raise FailedPrecondition(
                         f"network {attachment.network.name!r} returned a result crisp cannot "
                         f"read: {error}"
                     ) from None
@@ -157,7 +157,7 @@ class NetworkManager:
                 failed = replace(attachment, failed_at=progress.succeeded)
                 undo_error = await asyncio.shield(self._undo(failed))
                 if undo_error is not None and isinstance(error, CrispError):
-                    kind = RuntimeFailure if isinstance(error, PluginError) else type(error)
+                    kind = FailedPrecondition if isinstance(error, PluginError) else type(error)
                     raise kind(
                         f"{error}; undoing the partial network setup failed too ({undo_error}); "
                         "StopPodSandbox will try again"
@@ -278,7 +278,7 @@ class NetworkManager:
             with step(f"cni: ADD {plugin['type']}"):
                 output = await run_plugin(path, call, config, bin_dirs, network=network.name)
             if output is None:
-                raise RuntimeFailure(
+                raise FailedPrecondition(
                     f"CNI plugin {path} ADD for network {network.name!r} succeeded but "
                     "printed no result"
                 )

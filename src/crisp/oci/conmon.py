@@ -19,7 +19,7 @@ from pathlib import Path
 
 from crisp.errors import FailedPrecondition, RuntimeFailure
 from crisp.filemodes import CHILD_UMASK
-from crisp.oci.runtime import OCIRuntime
+from crisp.oci.runtime import OCIRuntime, runtime_failure
 from crisp.steps import step
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Conmon:
         message = json.loads(answer)
         pid = int(message.get("data", -1))
         if pid <= 0:
-            raise RuntimeFailure(
+            raise runtime_failure(
                 f"{Path(self.runtime.path).name} create failed: "
                 f"{message.get('message') or _tail(files.monitor_log)}"
             )

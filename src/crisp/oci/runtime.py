@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crisp.errors import RuntimeFailure
+from crisp.errors import CrispError, InvalidArgument, RuntimeFailure
 from crisp.process import Completed, run_program
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,24 @@ class OCIRuntime:
 
 
 _GONE = ("not running", "does not exist", "process already finished", "container not found")
+
+
+_BAD_COMMAND = re.compile(
+    # runc's logrus text escapes the quotes around the command: exec: \"/bin/x\": ...
+    r'exec: \\?".*?\\?": (?:executable file not found|stat [^:]*: no such file or directory'
+    r'|permission denied)'
+)
+
+
+def runtime_failure(message: str) -> CrispError:
+    """The error for a failed runc create or exec whose message is ``message``.
+
+    A command the container cannot run (no such file, not on $PATH, not executable) is the
+    request's to fix: INVALID_ARGUMENT. Anything else is the node's runtime failing: INTERNAL.
+    """
+    if _BAD_COMMAND.search(message):
+        return InvalidArgument(message)
+    return RuntimeFailure(message)
 
 
 def _message(stderr: bytes) -> str:

@@ -26,8 +26,8 @@ import termios
 from pathlib import Path
 from typing import Any
 
-from crisp.errors import FailedPrecondition, InvalidArgument, RuntimeFailure
-from crisp.oci.runtime import OCIRuntime
+from crisp.errors import FailedPrecondition, InvalidArgument
+from crisp.oci.runtime import OCIRuntime, runtime_failure
 from crisp.pods.execspawn import RuncExec, container_process, exec_spec, spawn
 from crisp.pods.model import Container, ContainerState
 
@@ -221,7 +221,7 @@ class ExecProcess:
         # Only a failure asks whether the command ever started (one thread hop less per exec).
         if code != 0 and not await asyncio.to_thread(self.pid_file.exists):
             message = await self.runtime_error()
-            raise RuntimeFailure(f"exec in container {self.container_id} failed: {message}")
+            raise runtime_failure(f"exec in container {self.container_id} failed: {message}")
         return code
 
     async def close(self) -> None:

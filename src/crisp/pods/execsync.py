@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crisp.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RuntimeFailure
-from crisp.oci.runtime import OCIRuntime
+from crisp.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from crisp.oci.runtime import OCIRuntime, runtime_failure
 from crisp.pods.execspawn import container_process, spawn
 from crisp.pods.model import Container, ContainerState
 
@@ -107,8 +107,8 @@ async def exec_sync(runtime: OCIRuntime, container: Container, argv: list[str],
                 os.close(fd)
         pid_file.unlink(missing_ok=True)
     if code != 0 and not started and _runc_failed(stderr):
-        raise RuntimeFailure(f"exec in container {container.id} failed: "
-                             f"{stderr.decode(errors='replace').strip()}")
+        raise runtime_failure(f"exec in container {container.id} failed: "
+                              f"{stderr.decode(errors='replace').strip()}")
     return ExecResult(stdout=stdout, stderr=stderr, exit_code=code)
 
 

@@ -3,8 +3,9 @@
 Every servicer method runs behind :class:`ErrorInterceptor`: a :class:`crisp.errors.CrispError`
 becomes its status code with the message as details. A full disk met anywhere (ENOSPC,
 EDQUOT, SQLITE_FULL) is not a bug but the host's state: RESOURCE_EXHAUSTED naming the
-filesystem. Anything else is a bug in crisp, logged with its traceback and answered as UNKNOWN
-without one.
+filesystem. A failing runc or conmon is INTERNAL with its stderr. Anything else is a bug in
+crisp, logged with its traceback and answered as UNKNOWN without one: UNKNOWN never stands for
+something the client or operator can act on.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ _CODES: dict[type[errors.CrispError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.RuntimeFailure: grpc.StatusCode.UNKNOWN,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
 
