@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.errors import RuntimeFailure
+from crisp.oci.sealed import sealed_executable
 from crisp.process import Completed, run_program
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,22 @@ class OCIRuntime:
         self.path = path
         self.root = root
         # The daemon's own directory for what it keeps about this binary (the names of its
-        # sealed copy, pods/execspawn.py); None: nowhere, the copy runs unnamed.
+        # sealed copy, oci/sealed.py); None: nowhere, the copy runs unnamed.
         self.private_dir = private_dir
 
     def base_args(self) -> list[str]:
         return [self.path, "--root", str(self.root)]
 
+    async def executable(self) -> str:
+        """What to execute for this runtime: its sealed copy (oci/sealed.py), or its path
+        when there is none. Valid while the daemon lives: ask again for every call."""
+        return await sealed_executable(self.path, self.private_dir)
+
     async def _call(self, *args: str, seconds: float = 60.0, stdin: bytes | None = None
                     ) -> Completed:
         try:
-            return await run_program([*self.base_args(), *args], time_limit=seconds, stdin=stdin)
+            return await run_program([*self.base_args(), *args], time_limit=seconds, stdin=stdin,
+                                     executable=await self.executable())
         except TimeoutError:
             raise RuntimeFailure(
                 f"{self.path} {' '.join(args)} did not finish in {seconds:.0f}s"
