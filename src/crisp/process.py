@@ -31,14 +31,11 @@ async def run_program(
     stdin: bytes | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
-    executable: str | None = None,
 ) -> Completed:
     """Run ``argv`` and wait for it; TimeoutError (the program killed) after ``time_limit`` s.
 
     OSError means the program could not be started at all. The program runs under the
     usual umask, not the daemon's private one: what it creates may be a container's.
-    ``executable``: the file to execute when it is not ``argv[0]`` (which the program still
-    sees as its name).
     """
     process = await asyncio.create_subprocess_exec(
         *argv,
@@ -48,7 +45,6 @@ async def run_program(
         env=env,
         cwd=cwd,
         umask=CHILD_UMASK,
-        executable=executable,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(stdin), time_limit)

@@ -114,13 +114,24 @@ def test_concurrent_first_calls_share_one_copy(tmp_path: Path) -> None:
     assert subprocess.run([paths.pop()]).returncode == 0
 
 
-def test_crisps_runtime_calls_run_the_sealed_copy(tmp_path: Path, fake_runtime: Path) -> None:
+def run_fake(runtime: OCIRuntime) -> tuple[str, str]:
+    """The file the stand-in runtime ran from, and its name, executed as crisp executes
+    ``runc create`` (conmon's --runtime) and ``runc exec``."""
+    executable = asyncio.run(runtime.executable())
+    out = subprocess.run([runtime.path], executable=executable, check=True,
+                         capture_output=True).stdout
+    answer = json.loads(out)
+    return answer["id"], answer["bundle"]
+
+
+def test_the_runtime_runs_from_the_sealed_copy(tmp_path: Path, fake_runtime: Path) -> None:
     runtime = OCIRuntime(str(fake_runtime), tmp_path / "root", tmp_path / "links")
+    exe, name = run_fake(runtime)
+    assert exe.startswith("/memfd:sealed:runc")  # /proc/self/exe of the runtime
+    assert name == str(fake_runtime)
+    # Its other commands run from the binary itself (runc copies itself only for init).
     state = asyncio.run(runtime.state("c1"))
-    assert state is not None
-    assert state.id.startswith("/memfd:sealed:runc")  # /proc/self/exe of the runtime
-    assert state.bundle == str(fake_runtime)  # its name is still the binary's path
-    assert json.loads(json.dumps(state.id))  # plain text, no decoding surprises
+    assert state is not None and state.id == str(fake_runtime)
 
 
 def test_without_memfds_the_runtime_runs_from_its_path(
@@ -130,5 +141,15 @@ def test_without_memfds_the_runtime_runs_from_its_path(
 
     monkeypatch.setattr(os, "memfd_create", no_memfd)
     runtime = OCIRuntime(str(fake_runtime), tmp_path / "root", tmp_path / "links")
-    state = asyncio.run(runtime.state("c1"))
-    assert state is not None and state.id == str(fake_runtime)
+    assert asyncio.run(runtime.executable()) == str(fake_runtime)
+    assert run_fake(runtime)[0] == str(fake_runtime)
+
+
+def test_a_removed_name_link_falls_back_to_the_copys_fd(tmp_path: Path,
+                                                         fake_runtime: Path) -> None:
+    runtime = OCIRuntime(str(fake_runtime), tmp_path / "root", tmp_path / "links")
+    link = asyncio.run(runtime.executable())
+    os.unlink(link)
+    fallback = asyncio.run(runtime.executable())
+    assert fallback.startswith(f"/proc/{os.getpid()}/fd/")
+    assert run_fake(runtime)[0].startswith("/memfd:sealed:runc")

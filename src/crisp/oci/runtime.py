@@ -43,15 +43,20 @@ class OCIRuntime:
         return [self.path, "--root", str(self.root)]
 
     async def executable(self) -> str:
-        """What to execute for this runtime: its sealed copy (oci/sealed.py), or its path
-        when there is none. Valid while the daemon lives: ask again for every call."""
+        """What to execute for a runtime call that starts ``runc init`` (create, exec): its
+        sealed copy (oci/sealed.py), or its path when there is none. Valid while the daemon
+        lives: ask again for every call.
+
+        The other calls (state, start, kill, delete, update) run the binary from its path:
+        runc makes its safe copy only for ``runc init``, and a memfd binary starts about
+        1 ms slower than one in the page cache (``runc state``: 8.5 against 7.4 ms here).
+        """
         return await sealed_executable(self.path, self.private_dir)
 
     async def _call(self, *args: str, seconds: float = 60.0, stdin: bytes | None = None
                     ) -> Completed:
         try:
-            return await run_program([*self.base_args(), *args], time_limit=seconds, stdin=stdin,
-                                     executable=await self.executable())
+            return await run_program([*self.base_args(), *args], time_limit=seconds, stdin=stdin)
         except TimeoutError:
             raise RuntimeFailure(
                 f"{self.path} {' '.join(args)} did not finish in {seconds:.0f}s"

@@ -2,10 +2,12 @@
 
 runc protects itself from a container overwriting its binary (CVE-2019-5736) by making
 ``runc init`` a safe copy of ``/proc/self/exe`` on every invocation: a bind mount, a remount
-read-only, an unmount and a re-exec, about 14 ms of each runc call measured here. A binary
-that already is a fully sealed memfd is one runc (1.1) trusts as it is, so the daemon makes
-that copy once and every runc call, its own (state, start, kill, delete, exec) and conmon's
-``runc create``, runs from it. The container can no more write to it than to runc's own copy.
+read-only, an unmount and a re-exec, about 14 ms of each ``runc create`` and ``runc exec``
+measured here. A binary that already is a fully sealed memfd is one runc (1.1) trusts as it
+is, so the daemon makes that copy once and the calls that start ``runc init`` run from it:
+conmon's ``runc create`` and crisp's ``runc exec`` (runc's other commands never copy
+themselves, and run from the binary's path). The container can no more write to it than to
+runc's own copy.
 
 The copy lives as a file descriptor of the daemon, so its path (``/proc/<daemon>/fd/N``, or
 the named link to it) is valid while the daemon lives: conmon runs the runtime only while
