@@ -362,6 +362,37 @@ async def test_host_ports_on_localhost_reach_tcp_and_udp_servers_in_the_pod(lab:
         await http_get("127.0.0.1", tcp_port)  # the DNAT rule went with the pod
 
 
+async def test_portmap_runs_only_when_there_are_ports_to_map(lab: Lab) -> None:
+    calls = lab.root / "portmap-calls"
+    lab.write_plugin("portmap", f'[ "$CNI_COMMAND" = VERSION ] || echo "$CNI_COMMAND" >> {calls}\n'
+                     f'exec {PLUGIN_DIR}/portmap\n')
+    lab.write_conflist()
+    manager = lab.manager()
+    bare, mapped = await lab.netns(), await lab.netns()
+    port = free_port()
+
+    await manager.setup("sb-bare", bare, POD)
+    attachment = await manager._cache.load("sb-bare")
+    assert attachment is not None and attachment.result is not None
+    assert not calls.exists(), "portmap ran with nothing to map"
+    # What portmap itself prints for no mappings: its prevResult, unchanged.
+    conf = {"cniVersion": "1.0.0", "name": "crisptest", "type": "portmap",
+            "capabilities": {"portMappings": True}, "runtimeConfig": {"portMappings": []},
+            "prevResult": attachment.result}
+    printed = (await asyncio.to_thread(
+        subprocess.run, [f"{PLUGIN_DIR}/portmap"], input=json.dumps(conf).encode(),
+        capture_output=True,
+        check=True, env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "sb-bare", "CNI_NETNS": bare,
+                         "CNI_IFNAME": "eth0", "CNI_PATH": PLUGIN_DIR})).stdout
+    assert json.loads(printed) == attachment.result
+
+    await manager.setup("sb-mapped", mapped, POD, [PortMapping(port, 80, "tcp", "127.0.0.1")])
+    assert calls.read_text().split() == ["ADD"]
+    await manager.teardown("sb-mapped", mapped)
+    await manager.teardown("sb-bare", bare)
+    assert calls.read_text().split() == ["ADD", "DEL", "DEL"]  # DEL runs the whole chain
+
+
 async def test_dual_stack_network_gives_ipv4_then_ipv6(lab: Lab) -> None:
     lab.write_conflist([lab.bridge_plugin(ipv6=True)])
     manager = lab.manager()

@@ -128,6 +128,46 @@ def test_the_wrapper_handler_runs_the_pods_that_ask_for_it(env: PodsEnv) -> None
     assert all(root in line for line in calls(env)[before:] if container in line)
 
 
+def conmon_runtime(container_id: str) -> str:
+    """The --runtime that conmon of ``container_id`` was given (what it executes for create)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [word.decode() for word in argv]
+        if "--cid" in words and words[words.index("--cid") + 1] == container_id:
+            return words[words.index("--runtime") + 1]
+    raise AssertionError(f"no conmon for container {container_id}")
+
+
+def test_runc_runs_from_the_daemons_sealed_copy_and_a_wrapper_from_its_path(
+        env: PodsEnv) -> None:
+    assert env.daemon.process is not None
+    daemon = env.daemon.process.pid
+    for handler in ("", "logged"):
+        pod = env.runtime.RunPodSandbox(cri_pb2.RunPodSandboxRequest(
+            config=env.pod_config(), runtime_handler=handler)).pod_sandbox_id
+        try:
+            container = env.run_container(pod, env.container_config("sealed", ["sleep", "60"]))
+            assert env.status(container).status.state == cri_pb2.CONTAINER_RUNNING
+            runtime = conmon_runtime(container)
+            if handler:  # a shell script: no copy, conmon runs the script itself
+                assert runtime == str(env.daemon.base / "logged-runc")
+                continue
+            # The named link in the daemon's private dir, to the daemon's sealed memfd.
+            assert runtime.startswith(str(env.daemon.base / "run" / "runtimes" / ".sealed"))
+            assert Path(runtime).name == "runc"
+            target = Path(runtime).readlink()
+            assert str(target).startswith(f"/proc/{daemon}/fd/")
+            assert Path(f"/proc/{daemon}/fd/{target.name}").readlink().name.startswith(
+                "memfd:sealed:runc")
+        finally:
+            env.remove_pod(pod)
+
+
 def test_an_unknown_handler_is_refused_listing_the_configured_ones(env: PodsEnv) -> None:
     with pytest.raises(grpc.RpcError) as error:
         env.runtime.RunPodSandbox(cri_pb2.RunPodSandboxRequest(

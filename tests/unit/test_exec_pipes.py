@@ -11,12 +11,11 @@ import asyncio
 import fcntl
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-from crisp.pods import execspawn, execstream, execsync
+from crisp.oci.runtime import OCIRuntime
+from crisp.pods import execstream, execsync
 from crisp.pods.model import ContainerState
 
 MIB = 1 << 20
@@ -32,14 +31,13 @@ def test_widen_pipe_makes_a_pipe_hold_a_mebibyte() -> None:
         os.close(write_end)
 
 
-def fake_runtime(tmp_path: Path, script: str) -> SimpleNamespace:
+def fake_runtime(tmp_path: Path, script: str) -> OCIRuntime:
     """A shell script in runc's place (its arguments are runc's)."""
     runc = tmp_path / "runc"
     runc.write_text("#!/bin/sh\n" + script)
     runc.chmod(0o755)
     root = tmp_path / "root"
-    return SimpleNamespace(path=str(runc), root=str(root), private_dir=None,
-                           base_args=lambda: [str(runc), "--root", str(root)])
+    return OCIRuntime(str(runc), root)
 
 
 def fake_container(tmp_path: Path, process: dict[str, object]) -> SimpleNamespace:
@@ -152,33 +150,3 @@ def test_exec_without_a_tty_stays_in_the_daemons_session(tmp_path: Path) -> None
     session, code = asyncio.run(run())
     assert code == 0
     assert session == os.getsid(0)
-
-
-def test_an_elf_runtime_runs_from_a_sealed_copy_made_once_per_version(tmp_path: Path) -> None:
-    binary = tmp_path / "runc"
-    shutil.copy("/bin/echo", binary)
-    script = tmp_path / "wrapper"
-    script.write_text("#!/bin/sh\necho wrapped\n")
-    script.chmod(0o755)
-    links = tmp_path / "links"
-
-    async def run() -> tuple[str, str, str, str]:
-        first = await execspawn.sealed_executable(str(binary), links)
-        copy = os.readlink(first)
-        assert await execspawn.sealed_executable(str(binary), links) == first
-        shutil.copy("/bin/true", binary)  # an upgrade on disk: a new copy
-        upgraded = await execspawn.sealed_executable(str(binary), links)
-        return first, copy, os.readlink(upgraded), await execspawn.sealed_executable(
-            str(script), links)
-
-    first, copy, upgraded, wrapped = asyncio.run(run())
-    # Named like the binary (the process's name comes from it), pointing at the memfd.
-    assert os.path.basename(first) == "runc"
-    assert copy.startswith(f"/proc/{os.getpid()}/fd/") and upgraded != copy
-    assert not os.path.exists(copy)  # the old copy is closed
-    fd = int(upgraded.rsplit("/", 1)[1])
-    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-    assert seals == (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-                     | fcntl.F_SEAL_WRITE)
-    assert subprocess.run(["runc"], executable=first).returncode == 0  # now /bin/true
-    assert wrapped == str(script)  # not ELF: run from its path

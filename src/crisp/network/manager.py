@@ -274,6 +274,9 @@ class NetworkManager:
         previous: dict[str, Any] | None = None
         for plugin in network.plugins:
             path = require_plugin(str(plugin["type"]), bin_dirs)
+            if previous is not None and _nothing_to_map(plugin, attachment.runtime_config):
+                progress.succeeded += 1  # its DEL still runs: it is in the chain
+                continue
             config = _plugin_input(network, plugin, attachment.runtime_config, previous)
             with step(f"cni: ADD {plugin['type']}"):
                 output = await run_plugin(path, call, config, bin_dirs, network=network.name)
@@ -354,6 +357,17 @@ def _plugin_input(
     if previous is not None:
         config["prevResult"] = previous
     return config
+
+
+def _nothing_to_map(plugin: dict[str, Any], runtime_config: dict[str, Any]) -> bool:
+    """Whether ``plugin`` is the reference portmap plugin with no port to map, whose ADD
+    prints its prevResult unchanged and touches nothing (plugins/meta/portmap: "no
+    mappings: return the previous result"): not running it saves a process per pod start
+    (6-7 ms of ~100 here). Only when the mappings come from the runtime and there are
+    none; one written in the plugin's own config still runs it."""
+    capabilities = plugin.get("capabilities") or {}
+    return (plugin.get("type") == "portmap" and capabilities.get("portMappings") is True
+            and "runtimeConfig" not in plugin and not runtime_config.get("portMappings"))
 
 
 def _is_namespace(path: str) -> bool:

@@ -87,12 +87,16 @@ class Conmon:
         self.monitor_path = monitor_path
         self.runtime = runtime
 
-    def command(self, files: ContainerFiles, options: MonitorOptions) -> list[str]:
+    def command(self, files: ContainerFiles, options: MonitorOptions,
+                runtime_executable: str | None = None) -> list[str]:
+        """conmon's command line; ``runtime_executable`` is what conmon executes for the
+        runtime (its sealed copy: conmon runs it for ``create`` only, while the daemon waits
+        for the answer, so the copy's path is valid then)."""
         args = [
             self.monitor_path, "--api-version", "1",
             "--cid", files.container_id, "--cuuid", files.container_id,
             "--name", options.name,
-            "--runtime", self.runtime.path,
+            "--runtime", runtime_executable or self.runtime.path,
             "--runtime-arg", f"--root={self.runtime.root}",
             "--bundle", str(files.bundle),
             "--container-pidfile", str(files.pid_file),
@@ -120,6 +124,7 @@ class Conmon:
         read_end, write_end = os.pipe()
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "_OCI_SYNCPIPE": str(write_end)}
+        command = self.command(files, options, await self.runtime.executable())
         monitor_log = os.open(files.monitor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             # conmon forks itself at once and its parent exits: the wait is conmon's own
@@ -127,7 +132,7 @@ class Conmon:
             with step("conmon: spawn"):
                 try:
                     process = await asyncio.create_subprocess_exec(
-                        *self.command(files, options),
+                        *command,
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=monitor_log,
                         stderr=monitor_log,

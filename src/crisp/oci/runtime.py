@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crisp.errors import CrispError, InvalidArgument, RuntimeFailure
+from crisp.oci.sealed import sealed_executable
 from crisp.process import Completed, run_program
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,22 @@ class OCIRuntime:
         self.path = path
         self.root = root
         # The daemon's own directory for what it keeps about this binary (the names of its
-        # sealed copy, pods/execspawn.py); None: nowhere, the copy runs unnamed.
+        # sealed copy, oci/sealed.py); None: nowhere, the copy runs unnamed.
         self.private_dir = private_dir
 
     def base_args(self) -> list[str]:
         return [self.path, "--root", str(self.root)]
+
+    async def executable(self) -> str:
+        """What to execute for a runtime call that starts ``runc init`` (create, exec): its
+        sealed copy (oci/sealed.py), or its path when there is none. Valid while the daemon
+        lives: ask again for every call.
+
+        The other calls (state, start, kill, delete, update) run the binary from its path:
+        runc makes its safe copy only for ``runc init``, and a memfd binary starts about
+        1 ms slower than one in the page cache (``runc state``: 8.5 against 7.4 ms here).
+        """
+        return await sealed_executable(self.path, self.private_dir)
 
     async def _call(self, *args: str, seconds: float = 60.0, stdin: bytes | None = None
                     ) -> Completed:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -159,100 +157,6 @@ class RuncExec:
             ended.cancel()
 
 
-class _SealedCopy:
-    """A runtime binary copied into a sealed memfd, and what the file looked like then."""
-
-    def __init__(self, signature: tuple[int, ...], fd: int | None, link: str | None = None):
-        self.signature = signature
-        self.fd = fd  # None: not an ELF binary (a wrapper script), run from its path
-        self.link = link
-
-    def executable(self, path: str) -> str:
-        if self.fd is None:
-            return path
-        return self.link or f"/proc/{os.getpid()}/fd/{self.fd}"
-
-
-def _name_link(fd: int, path: str, links: Path | None) -> str | None:
-    """A symlink named like the binary to the copy: the process's name (comm) comes from
-    the path executed, so ``ps`` and ``pgrep`` show ``runc`` rather than a fd number."""
-    if links is None:
-        return None
-    folder = links / hashlib.sha256(path.encode()).hexdigest()[:16]
-    link = folder / os.path.basename(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staged = folder / f".{link.name}.{os.getpid()}"
-        staged.unlink(missing_ok=True)
-        staged.symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
-        staged.replace(link)
-    except OSError:
-        return None
-    return str(link)
-
-
-_sealed: dict[str, _SealedCopy] = {}
-# runc's own test for "this binary is already a safe copy" (libcontainer/nsenter/cloned_binary.c)
-_RUNC_SEALS = (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-               | fcntl.F_SEAL_WRITE)
-
-
-def _signature(path: str) -> tuple[int, ...]:
-    info = os.stat(path)
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def _seal_copy(path: str, links: Path | None) -> _SealedCopy:
-    signature = _signature(path)
-    with open(path, "rb") as binary:
-        content = binary.read()
-    if not content.startswith(b"\x7fELF"):
-        return _SealedCopy(signature, None)
-    fd = os.memfd_create(f"sealed:{os.path.basename(path)}",
-                         os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, 0o555)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _RUNC_SEALS)
-    except BaseException:
-        os.close(fd)
-        raise
-    return _SealedCopy(signature, fd, _name_link(fd, path, links))
-
-
-async def sealed_executable(path: str, links: Path | None = None) -> str:
-    """What to execute for the runtime at ``path``: a sealed memfd copy of it.
-
-    runc protects itself from a container overwriting its binary (CVE-2019-5736) by making
-    ``runc init`` a safe copy of ``/proc/self/exe`` on every exec: a bind mount, a remount
-    read-only, an unmount and a re-exec, about a third of an exec of ``true`` (41 -> 27 ms
-    measured here). A binary that already is a fully sealed memfd is one runc trusts as it
-    is, so the copy is made once per binary (and again when the file changes on disk, an
-    upgrade); the container can no more write to it than to runc's own copy. ``links`` is a
-    private directory for the symlinks that give the processes their name.
-    """
-    cached = _sealed.get(path)
-    try:
-        signature = _signature(path)
-    except OSError:
-        return path  # let the exec itself report the missing binary
-    if cached is not None and cached.signature == signature:
-        return cached.executable(path)
-    try:
-        fresh = await asyncio.to_thread(_seal_copy, path, links)
-    except OSError:
-        return path
-    # Replaced (the binary changed, or a concurrent first exec made one too): every exec
-    # already started from the old copy, since nothing waits between this and the fork.
-    previous = _sealed.pop(path, None)
-    _sealed[path] = fresh
-    if previous is not None and previous.fd is not None:
-        os.close(previous.fd)
-    return fresh.executable(path)
-
-
 async def spawn(runtime: OCIRuntime, container_id: str, process: dict[str, Any], *,
                 pid_file: Path, log_file: Path | None, stdin: int, stdout: int, stderr: int,
                 new_session: bool = False) -> RuncExec:
@@ -260,7 +164,7 @@ async def spawn(runtime: OCIRuntime, container_id: str, process: dict[str, Any],
 
     Blocking for the fork and exec only, like asyncio's own subprocess start.
     """
-    executable = await sealed_executable(runtime.path, runtime.private_dir)
+    executable = await runtime.executable()
     return _start(executable, runtime.base_args(), container_id, process, pid_file=pid_file,
                   log_file=log_file, stdin=stdin, stdout=stdout, stderr=stderr,
                   new_session=new_session)
