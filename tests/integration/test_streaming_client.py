@@ -175,6 +175,26 @@ def test_interactive_shell_with_a_terminal_and_a_resize(env: PodsEnv, container:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_input_sent_at_once_is_echoed_once(env: PodsEnv, container: str, transport: str
+                                           ) -> None:
+    # Typed before runc has made crisp's own terminal raw, input was echoed by that terminal
+    # as well as by the container's (crictl under script(1) showed a NUL it sent as ^@^@).
+    options = StreamOptions(stdin=True, stdout=True, stderr=False, tty=True)
+    url = exec_url(env, container, ["sh", "-c", "sleep 1"], options)
+
+    async def session() -> tuple[bytes, int]:
+        seen = bytearray()
+        async with await open_command(url, options, transport) as command:
+            await command.write_stdin(b"early")
+            while data := await command.read_stdout():
+                seen.extend(data)
+            return bytes(seen), await command.wait()
+
+    seen, code = asyncio.run(session())
+    assert (seen, code) == (b"early", 0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_tokens_are_single_use_and_expire(env: PodsEnv, container: str, transport: str
                                           ) -> None:
     options = StreamOptions()

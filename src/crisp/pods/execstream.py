@@ -4,10 +4,12 @@ Without a terminal the command gets pipes (stdin only if asked for), so stdout a
 apart. With one, runc makes the terminal in the container and, staying in the foreground,
 proxies it to its own stdio; crisp gives runc a pseudo-terminal of its own as that stdio
 (runc refuses a console socket unless it detaches, and a detached exec's exit code is lost).
-A resize sets the size of crisp's terminal and sends runc SIGWINCH, on which runc copies the
-size to the container's terminal. runc exits with the command's status (128+n for a signal),
-which is the exit code reported. runc's own errors go to a log file, not to the client's
-stderr, and a failure to start becomes an error rather than an exit code.
+crisp makes that terminal raw at once (runc does too, but only once it runs, and input that
+arrives earlier would be echoed a second time). A resize sets the size of crisp's terminal
+and sends runc SIGWINCH, on which runc copies the size to the container's terminal. runc
+exits with the command's status (128+n for a signal), which is the exit code reported. runc's
+own errors go to a log file, not to the client's stderr, and a failure to start becomes an
+error rather than an exit code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import signal
 import struct
 import subprocess
 import termios
+import tty
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,7 @@ class ExecProcess:
                 # runc in the foreground proxies the container's terminal to its own stdio,
                 # which is a terminal crisp holds the other side of (see the module doc).
                 master, slave = os.openpty()
+                raw_terminal(slave)
                 runner = await spawn(runtime, container.id, process_spec, pid_file=pid_file,
                                      log_file=log_file, stdin=slave, stdout=slave,
                                      stderr=slave, new_session=True)
@@ -261,6 +265,13 @@ class ExecProcess:
             self._master = None
         for path in self._files:
             path.unlink(missing_ok=True)
+
+
+def raw_terminal(fd: int) -> None:
+    """Put crisp's terminal in raw mode before runc starts: runc makes it raw only once it
+    runs, and until then the line discipline echoed what the client typed (a second echo
+    beside the container's own) and could turn it into signals or edit it."""
+    tty.setraw(fd, termios.TCSANOW)
 
 
 def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
