@@ -17,12 +17,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+import crisp.images.service as service_module
+import crisp.storage.snapshots as snapshots_module
 from crisp.api import cri_pb2, cri_pb2_grpc
 from crisp.config import Config, LiveConfig, PodConfig
 from crisp.images import ImageService
 from crisp.server.errors import ErrorInterceptor
 from crisp.server.images import ImageServicer
 from crisp.state import Database
+from crisp.storage.snapshots import USAGE_MAX_AGE_SECONDS
 from tests.support import image_builder as ib
 from tests.support.registry import Registry, running_registry
 
@@ -218,6 +221,43 @@ async def test_container_usage_counts_writable_layers_only(service: ImageService
     assert (await service.snapshots.total_usage(max_age=0.0))[0] >= 2 << 20
     await service.snapshots.remove("one")
     assert set(await service.snapshots.usages(["one", "two"], max_age=60.0)) == {"two"}
+
+
+async def test_filesystem_usage_answers_from_memory(service: ImageService,
+                                                    images: Images,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """ImageFsInfo never waits for a walk: stale figures are refreshed in the background."""
+    image = await service.pull(images.ref("test/busybox:latest"))
+    rootfs = await service.snapshots.prepare("one", await service.lower_dirs(image))
+    before = await service.filesystem_usage()
+    assert before.containers.inodes_used == 1  # the new upper directory, known at prepare
+
+    walks: list[int] = []
+    real = snapshots_module._walk_uppers
+
+    def counting(uppers: dict[str, Path]) -> dict[str, tuple[int, int]]:
+        walks.append(len(uppers))
+        return real(uppers)
+
+    monkeypatch.setattr(snapshots_module, "_walk_uppers", counting)
+    monkeypatch.setattr(service_module, "disk_usage", None)  # no blob walk either
+    (rootfs / "data").write_bytes(os.urandom(1 << 20))
+    again = await service.filesystem_usage()
+    assert (again.containers.used_bytes, again.images.used_bytes) == (
+        before.containers.used_bytes, before.images.used_bytes)
+    assert walks == []
+
+    # Ten seconds on, the old figure is answered and a walk starts behind it.
+    walked, figures = service.snapshots._usage["one"]
+    service.snapshots._usage["one"] = (walked - USAGE_MAX_AGE_SECONDS, figures)
+    stale = await service.filesystem_usage()
+    assert stale.containers.used_bytes == before.containers.used_bytes
+    assert service.snapshots._refresh is not None
+    await service.snapshots._refresh
+    assert walks == [1]
+    fresh = await service.filesystem_usage()
+    assert fresh.containers.used_bytes >= before.containers.used_bytes + (1 << 20)
+    assert fresh.containers.inodes_used == 2
 
 
 @pytest.fixture

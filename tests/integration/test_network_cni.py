@@ -520,6 +520,47 @@ async def test_status_follows_the_conf_dir(lab: Lab) -> None:
     assert await manager.status() == (True, "", "")
 
 
+async def test_status_keeps_discovery_until_the_conf_dir_changes(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crisp.network.discovery as discovery_module
+    import crisp.network.manager as manager_module
+
+    # Changes younger than the settle window are never trusted; here they are, and each
+    # change comes a few clock ticks after the look before it.
+    monkeypatch.setattr(discovery_module, "_SETTLE_NS", 0)
+    looks: list[Path] = []
+    real = manager_module.discover
+
+    async def counting(conf_dir: Path, *args: Any) -> Any:
+        looks.append(conf_dir)
+        return await real(conf_dir, *args)
+
+    monkeypatch.setattr(manager_module, "discover", counting)
+    config = lab.write_conflist()
+    manager = lab.manager()
+    assert (await manager.status()).ready
+    assert (await manager.status()).ready
+    assert len(looks) == 1  # the second Status answered from memory
+
+    # Broken in place with the same size and the old mtime: its ctime shows the change.
+    await asyncio.sleep(0.05)
+    before = config.stat()
+    text = config.read_text()
+    config.write_text(text.replace('"plugins"', '"plugins_"', 1)[: len(text)])
+    os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns))
+    status = await manager.status()
+    assert not status.ready and "10-test.conflist" in status.message
+    await asyncio.sleep(0.05)
+    config.unlink()
+    status = await manager.status()
+    assert not status.ready and f"no CNI network config in {lab.conf_dir}" in status.message
+    await asyncio.sleep(0.05)
+    lab.write_conflist(file="20-new.conflist")
+    assert (await manager.status()).ready
+    assert len(looks) == 4
+
+
 async def test_version_negotiation_against_the_plugins(lab: Lab) -> None:
     lab.write_conflist(cni_version="1.1.0")
     status = await lab.manager().status()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,35 @@ def config_files(conf_dir: Path) -> list[Path]:
         return []
     return [conf_dir / name for name in names
             if name.endswith(CONFIG_EXTENSIONS) and not name.startswith(".")]
+
+
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
+"""What one stat pass saw of the conf dir and bin dirs: (path, ino, size, mtime, ctime)."""
+
+_SETTLE_NS = 2_000_000_000
+
+
+def fingerprint(conf_dir: Path, bin_dirs: Sequence[str]) -> Fingerprint | None:
+    """A cheap stat pass over conf_dir, its config files and the bin dirs (blocking).
+
+    Equal fingerprints mean discovery would find the same thing, so its outcome can be
+    kept (Status is polled every few seconds and a full discovery costs milliseconds).
+    None when something changed in the last two seconds: a file rewritten in place within
+    one timestamp tick keeps its mtime and size, so a fresh change is never trusted.
+    """
+    seen: list[tuple[str, int, int, int, int]] = []
+    newest = 0
+    for path in (conf_dir, *config_files(conf_dir), *(Path(d) for d in bin_dirs)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            seen.append((str(path), -1, -1, -1, -1))
+            continue
+        seen.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    if time.time_ns() - newest < _SETTLE_NS:
+        return None
+    return tuple(seen)
 
 
 class PluginVersions:

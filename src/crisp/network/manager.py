@@ -24,7 +24,7 @@ from crisp.keyedlocks import KeyedLocks
 from crisp.network import default, version
 from crisp.network.cache import Attachment, AttachmentCache, check_sandbox_id
 from crisp.network.conflist import NetworkConfig
-from crisp.network.discovery import Discovery, PluginVersions, discover
+from crisp.network.discovery import Discovery, PluginVersions, discover, fingerprint
 from crisp.network.invoke import Call, PluginError, require_plugin, run_plugin
 from crisp.network.result import pod_network
 from crisp.network.types import (
@@ -60,6 +60,9 @@ class NetworkManager:
         self._versions = PluginVersions()
         self._locks = KeyedLocks()
         self._pod_cidrs: tuple[str, ...] = ()
+        # The last discovery and what it was made from (settings and a stat pass of the
+        # dirs): Status answers from it until anything it depends on changes.
+        self._known: tuple[tuple[object, ...], Discovery] | None = None
 
     @property
     def _cni(self) -> CNIConfig:
@@ -237,6 +240,13 @@ class NetworkManager:
     async def _discover(self) -> Discovery:
         cni = self._cni
         conf_dir = Path(cni.conf_dir)
+        bin_dirs = list(cni.bin_dirs)
+        settings = (cni.conf_dir, tuple(bin_dirs), self._pod_cidrs, cni.write_default_config,
+                    cni.default_subnet, str(self._ipam_dir))
+        seen = await asyncio.to_thread(fingerprint, conf_dir, bin_dirs)
+        known = self._known
+        if seen is not None and known is not None and known[0] == (settings, seen):
+            return known[1]
         if cni.write_default_config:
             subnets = list(self._pod_cidrs) or [cni.default_subnet]
             try:
@@ -244,10 +254,14 @@ class NetworkManager:
                                            str(self._ipam_dir)):
                     log.info("wrote crisp's default network config to %s",
                              conf_dir / default.DEFAULT_CONFIG_NAME)
+                    seen = None  # just written: the next call looks again
             except (OSError, ValueError) as error:
                 log.warning("could not write the default network config into %s: %s",
                             conf_dir, error)
-        return await discover(conf_dir, list(cni.bin_dirs), self._pod_cidrs, self._versions)
+        # The fingerprint is taken before discovery reads: a change during it shows next time.
+        discovery = await discover(conf_dir, bin_dirs, self._pod_cidrs, self._versions)
+        self._known = None if seen is None else ((settings, seen), discovery)
+        return discovery
 
     def _runtime_config(
         self,

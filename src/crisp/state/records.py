@@ -50,6 +50,12 @@ class Records:
         )
         return [_load(row) for row in rows]
 
+    async def keys(self) -> list[str]:
+        """Every document's key, in insertion order, without decoding the documents."""
+        rows = await self.db.fetchall(
+            f"SELECT {self._primary} FROM {self.table} ORDER BY rowid", ())
+        return [str(row[self._primary]) for row in rows]
+
     async def put(self, key: str, data: Document, **columns: str | None) -> None:
         """Insert or replace the document stored under ``key``."""
         await self.db.transaction(lambda c: self.put_in(c, key, data, **columns))

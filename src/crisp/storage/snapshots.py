@@ -18,6 +18,7 @@ listable) and ``<key>`` is 0700 owned by the pod's mapped root, so no other host
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ from crisp.state import Database, Records
 from crisp.storage.layers import short_name
 from crisp.storage.mounts import OPTIONS_LIMIT, is_mountpoint, mount_overlay, unmount
 from crisp.storage.usage import disk_usage
+
+log = logging.getLogger(__name__)
 
 TRAVERSE_ONLY = 0o711
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -108,6 +111,7 @@ class SnapshotStore:
         self._usage: dict[str, tuple[float, tuple[int, int]]] = {}
         self._walking = asyncio.Lock()  # calls of one kubelet round share one walk
         self._removed: set[str] = set()  # during the walk under way: not to be kept
+        self._refresh: asyncio.Task[None] | None = None  # cached_total's background walk
 
     def setup(self) -> None:
         private_dir(self.root)
@@ -158,6 +162,10 @@ class SnapshotStore:
                 await asyncio.to_thread(shift_owners, rootfs, shift)
                 document["shifted"] = True
                 await self.records.put(key, document)
+            if existing is None and shift is None and key not in self._usage:
+                # A new writable layer is its empty upper directory: known without a walk.
+                upper = await asyncio.to_thread(os.lstat, directory / "upper")
+                self._usage[key] = (time.monotonic(), (upper.st_blocks * 512, 1))
             return rootfs
 
     def _userns_mount_point(self, key: str, shift: OwnerShift) -> Path:
@@ -283,7 +291,7 @@ class SnapshotStore:
             return found
 
     async def keys(self) -> list[str]:
-        return [doc["key"] for doc in await self.records.find()]
+        return await self.records.keys()
 
     async def referenced_layers(self) -> set[Path]:
         """Every lower directory some snapshot stacks (garbage collection keeps these)."""
@@ -301,6 +309,39 @@ class SnapshotStore:
         """
         found = await self.usages(await self.keys(), max_age)
         return sum(b for b, _ in found.values()), sum(i for _, i in found.values())
+
+
+    async def cached_total(self,
+                           max_age: float = USAGE_MAX_AGE_SECONDS) -> tuple[int, int]:
+        """`total_usage` without waiting for a walk (ImageFsInfo, polled every 10 s).
+
+        Figures older than ``max_age`` are answered as they are and walked again in the
+        background, so the next call has them fresh; only a snapshot never walked (after a
+        restart) is walked on the spot, once. New snapshots are known from `prepare`.
+        """
+        keys = await self.keys()
+        missing = [key for key in keys if key not in self._usage]
+        if missing:
+            await self.usages(missing, max_age)
+        now = time.monotonic()
+        held = {key: self._usage[key] for key in keys if key in self._usage}
+        stale = [key for key, (walked, _) in held.items() if now - walked >= max_age]
+        if stale and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self._refresh_usages(stale, max_age))
+        return (sum(b for _, (b, _) in held.values()), sum(i for _, (_, i) in held.values()))
+
+    async def _refresh_usages(self, keys: list[str], max_age: float) -> None:
+        try:
+            await self.usages(keys, max_age)
+        except Exception:  # the old figures stay; the next call tries again
+            log.exception("walking the writable layers' usage failed")
+
+    async def close(self) -> None:
+        """Stop a background usage walk."""
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
+            self._refresh = None
 
 
 def _walk_uppers(uppers: dict[str, Path]) -> dict[str, tuple[int, int]]:
