@@ -9,8 +9,8 @@ image record, which are frozen and replaced rather than changed in place.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Generic, TypeVar
 
 from crisp.api import cri_pb2
 from crisp.pods.model import Container, Sandbox
@@ -19,67 +19,80 @@ from crisp.server.pod_convert import container_summary, sandbox_metadata, sandbo
 _SLACK = 64
 """Messages of removed objects allowed before the table is swept of them."""
 
+Item = TypeVar("Item", bound=Container | Sandbox)
+Message = TypeVar("Message")
+Response = TypeVar("Response")
+
+
+class _Kept(Generic[Item, Message, Response]):
+    """The kept messages of one kind of object, and the last response built from them."""
+
+    def __init__(self, basis: Callable[[Item], tuple[Any, ...]],
+                 build: Callable[[Item], Message],
+                 respond: Callable[[list[Message]], Response]) -> None:
+        self._basis = basis
+        self._build = build
+        self._respond = respond
+        self._entries: dict[str, tuple[tuple[Any, ...], Message]] = {}
+        self._last: tuple[list[Message], Response | None] = ([], None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def messages(self, items: Iterable[Item], live: Collection[str]) -> list[Message]:
+        """Messages of ``items``; ``live``: the ids of every object of this kind there is."""
+        found = []
+        kept = self._entries
+        for item in items:
+            basis = self._basis(item)
+            entry = kept.get(item.id)
+            if entry is None or not _same(entry[0], basis):
+                entry = kept[item.id] = (basis, self._build(item))
+            found.append(entry[1])
+        if len(kept) > len(live) + _SLACK:
+            self._entries = {k: v for k, v in kept.items() if k in live}
+        return found
+
+    def response(self, items: Iterable[Item], live: Collection[str]) -> Response:
+        """The list answer: the previous one again if it still holds."""
+        messages = self.messages(items, live)
+        last, response = self._last
+        if response is None or not _all_same(last, messages):
+            response = self._respond(messages)
+            self._last = (messages, response)
+        return response
+
 
 class Summaries:
     """One kept message per container and per sandbox, with what it was built from."""
 
     def __init__(self) -> None:
-        self._containers: dict[str, tuple[tuple[Any, ...], cri_pb2.Container]] = {}
-        self._sandboxes: dict[str, tuple[tuple[Any, ...], cri_pb2.PodSandbox]] = {}
-        self._last_containers: tuple[list[cri_pb2.Container],
-                                     cri_pb2.ListContainersResponse | None] = ([], None)
-        self._last_sandboxes: tuple[list[cri_pb2.PodSandbox],
-                                    cri_pb2.ListPodSandboxResponse | None] = ([], None)
+        self._containers: _Kept[Container, cri_pb2.Container, cri_pb2.ListContainersResponse] = (
+            _Kept(lambda c: (c.state, c.config, c.image), container_summary,
+                  lambda messages: cri_pb2.ListContainersResponse(containers=messages)))
+        self._sandboxes: _Kept[Sandbox, cri_pb2.PodSandbox, cri_pb2.ListPodSandboxResponse] = (
+            _Kept(lambda s: (s.state, s.config, s.runtime_handler), _sandbox_summary,
+                  lambda messages: cri_pb2.ListPodSandboxResponse(items=messages)))
 
     def list_containers(self, containers: Iterable[Container],
                         live: Collection[str]) -> cri_pb2.ListContainersResponse:
         """ListContainers' answer: the previous one again if it still holds."""
-        messages = self.containers(containers, live)
-        last, response = self._last_containers
-        if response is None or not _all_same(last, messages):
-            response = cri_pb2.ListContainersResponse(containers=messages)
-            self._last_containers = (messages, response)
-        return response
+        return self._containers.response(containers, live)
 
     def list_sandboxes(self, sandboxes: Iterable[Sandbox],
                        live: Collection[str]) -> cri_pb2.ListPodSandboxResponse:
         """ListPodSandbox's answer: the previous one again if it still holds."""
-        messages = self.sandboxes(sandboxes, live)
-        last, response = self._last_sandboxes
-        if response is None or not _all_same(last, messages):
-            response = cri_pb2.ListPodSandboxResponse(items=messages)
-            self._last_sandboxes = (messages, response)
-        return response
+        return self._sandboxes.response(sandboxes, live)
 
     def containers(self, containers: Iterable[Container],
                    live: Collection[str]) -> list[cri_pb2.Container]:
         """Messages of ``containers``; ``live``: the ids of every container there is."""
-        found = []
-        kept = self._containers
-        for container in containers:
-            basis = (container.state, container.config, container.image)
-            entry = kept.get(container.id)
-            if entry is None or not _same(entry[0], basis):
-                entry = kept[container.id] = (basis, container_summary(container))
-            found.append(entry[1])
-        if len(kept) > len(live) + _SLACK:
-            self._containers = {k: v for k, v in kept.items() if k in live}
-        return found
+        return self._containers.messages(containers, live)
 
     def sandboxes(self, sandboxes: Iterable[Sandbox],
                   live: Collection[str]) -> list[cri_pb2.PodSandbox]:
         """Messages of ``sandboxes``; ``live``: the ids of every sandbox there is."""
-        found = []
-        kept = self._sandboxes
-        for sandbox in sandboxes:
-            basis = (sandbox.state, sandbox.config, sandbox.runtime_handler)
-            entry = kept.get(sandbox.id)
-            if entry is None or not _same(entry[0], basis):
-                entry = kept[sandbox.id] = (basis, _sandbox_summary(sandbox))
-            found.append(entry[1])
-        if len(kept) > len(live) + _SLACK:
-            self._sandboxes = {k: v for k, v in kept.items() if k in live}
-        return found
+        return self._sandboxes.messages(sandboxes, live)
 
 
 def _all_same(old: list[Any], new: list[Any]) -> bool:
