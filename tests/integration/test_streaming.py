@@ -25,7 +25,7 @@ import grpc
 import pytest
 
 from crisp.api import cri_pb2
-from tests.support.pods import PodsEnv, pods_environment, wait_for
+from tests.support.pods import PodsEnv, pods_environment, sleepers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -216,20 +216,6 @@ def test_a_client_that_leaves_leaves_no_process(env: PodsEnv, container: str, tr
     client.kill()
     client.wait()
     wait_for(lambda: not sleepers(marker), 10, "the exec'd sleep to be killed")
-
-
-def sleepers(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline[:2] == [b"sleep", marker.encode()]:
-            found.append(int(name))
-    return found
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

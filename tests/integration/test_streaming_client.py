@@ -28,7 +28,7 @@ from crisp.streaming.client import (
     open_command,
     pump,
 )
-from tests.support.pods import PodsEnv, pods_environment, wait_for
+from tests.support.pods import PodsEnv, pods_environment, processes, sleepers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -210,20 +210,6 @@ def test_tokens_are_single_use_and_expire(env: PodsEnv, container: str, transpor
     assert execute(env, container, transport, ["test", "-e", marker])[2] == 1
 
 
-def sleepers(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline[:2] == [b"sleep", marker.encode()]:
-            found.append(int(name))
-    return found
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_client_that_disconnects_leaves_no_process(env: PodsEnv, container: str,
                                                      transport: str) -> None:
@@ -246,18 +232,8 @@ def test_a_client_that_disconnects_leaves_no_process(env: PodsEnv, container: st
 
 def runc_execs(container: str) -> list[int]:
     """``runc exec`` processes running in ``container``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (cmdline[0].endswith(b"runc") and b"exec" in cmdline
-                and container.encode() in cmdline):
-            found.append(int(name))
-    return found
+    return processes(lambda cmdline: cmdline[0].endswith(b"runc") and b"exec" in cmdline
+                     and container.encode() in cmdline)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

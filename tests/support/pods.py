@@ -283,3 +283,23 @@ def assert_no_leaks(env: PodsEnv) -> None:
         if lease.name[0].isdigit() or ":" in lease.name:  # an address, not lock or last_reserved
             owner = lease.read_text().split()[0]
             assert owner in pods, f"address {lease.name} is held by {owner}, not a listed pod"
+
+
+def processes(matches: Callable[[list[bytes]], bool]) -> list[int]:
+    """Pids of the processes whose command line (split at NULs) ``matches``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if matches(cmdline):
+            found.append(int(name))
+    return found
+
+
+def sleepers(marker: str) -> list[int]:
+    """Pids of ``sleep MARKER`` processes (a test's exec'd command)."""
+    return processes(lambda cmdline: cmdline[:2] == [b"sleep", marker.encode()])
