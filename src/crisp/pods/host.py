@@ -17,6 +17,7 @@ MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
@@ -40,13 +41,19 @@ def bind_mount(source: Path, target: Path) -> None:
 
 
 def unmount(target: Path) -> None:
-    """Detach whatever is mounted at ``target`` (all stacked mounts); nothing there is fine."""
-    while is_mounted(target):
-        if _libc.umount2(os.fsencode(target), MNT_DETACH) != 0:
-            error = ctypes.get_errno()
-            if error in (errno.EINVAL, errno.ENOENT):
-                return
-            raise OSError(error, f"unmounting {target}: {os.strerror(error)}")
+    """Detach whatever is mounted at ``target`` (all stacked mounts); nothing there is fine.
+
+    No mountinfo scan first: with a hundred pods that read was the largest cost of pod
+    teardown. umount2 itself says "not a mount point" (EINVAL) or "no such path" (ENOENT);
+    UMOUNT_NOFOLLOW keeps a symlink there from redirecting it.
+    """
+    path = os.fsencode(target)
+    while _libc.umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) == 0:
+        pass  # one more stacked mount gone
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOENT):
+        return
+    raise OSError(error, f"unmounting {target}: {os.strerror(error)}")
 
 
 def mount_points() -> set[str]:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 
 from crisp.errors import CrispError
 from crisp.pods.codec import from_document
 from crisp.pods.containers import ContainerManager
-from crisp.pods.host import is_mounted, process_alive
+from crisp.pods.host import mount_points, process_alive
 from crisp.pods.model import Container, ContainerState, Sandbox, SandboxConfig, SandboxState
 from crisp.pods.sandboxes import SandboxManager
 from crisp.state import Operation
@@ -90,7 +89,7 @@ class Recovery:
         if sandbox.state != SandboxState.READY:
             return
         pins = list(sandbox.namespace_paths.values())
-        mounted = await asyncio.to_thread(lambda: all(is_mounted_path(p) for p in pins))
+        mounted = await asyncio.to_thread(_all_mounted, pins)
         if not mounted:
             log.warning("pod %s lost its namespaces (the host rebooted?); marking it not ready",
                         sandbox.id)
@@ -131,5 +130,7 @@ class Recovery:
                     await self.containers.destroy(container_id, self.ctx.backend(name))
 
 
-def is_mounted_path(path: str) -> bool:
-    return is_mounted(Path(path))
+def _all_mounted(paths: list[str]) -> bool:
+    """Whether every path is a mount point, from one read of mountinfo."""
+    points = mount_points()
+    return all(path in points for path in paths)
