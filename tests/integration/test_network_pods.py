@@ -27,6 +27,7 @@ import grpc
 import pytest
 
 from crisp.api import cri_pb2
+from crisp.network import masquerade
 from tests.integration.conftest import DaemonFactory
 from tests.support.daemon import CrispDaemon
 from tests.support.registry import BusyboxRegistry, busybox_registry, free_port
@@ -385,10 +386,27 @@ def test_default_network_is_written_for_a_fresh_machine(
         pod = run_pod(daemon, pod_config("fresh"))
         (ip,) = pod_ips(daemon, pod)
         assert ipaddress.ip_address(ip) in net.subnet
+        # One masquerade for the subnet, put in place by crisp; no chain of the pod's own.
+        chain = masquerade.chain_name(str(net.subnet))
+        assert f"-A POSTROUTING -s {net.subnet} " in _nat("-S", "POSTROUTING")
+        assert _nat("-S", chain).splitlines()[1:] == [
+            f"-A {chain} -d {net.subnet} -j ACCEPT", f"-A {chain} -d 224.0.0.0/4 -j ACCEPT",
+            f"-A {chain} -j MASQUERADE"]
+        assert pod not in _nat("-S")
         remove_pod(daemon, pod)
     finally:
         if f"inet {net.gateway}/" in _ip("-o", "addr", "show", "dev", "crisp0"):  # ours
             _ip("link", "del", "crisp0")
+        _, jump = masquerade.rules(str(net.subnet))
+        subprocess.run(["iptables", "-w", "-t", "nat", "-D", *jump], capture_output=True)
+        for flag in ("-F", "-X"):
+            subprocess.run(["iptables", "-w", "-t", "nat", flag,
+                            masquerade.chain_name(str(net.subnet))], capture_output=True)
+
+
+def _nat(*args: str) -> str:
+    return subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True,
+                          text=True).stdout
 
 
 def test_fifty_pods_concurrently_leak_no_ips_veths_or_namespaces(

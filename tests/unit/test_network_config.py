@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from crisp.network import version
+from crisp.network import masquerade, version
 from crisp.network.conflist import NetworkConfig, parse_document, parse_text
-from crisp.network.default import DEFAULT_CONFIG_NAME, ensure_default, render
+from crisp.network.default import (
+    DEFAULT_CONFIG_NAME,
+    encode,
+    ensure_default,
+    masqueraded_subnets,
+    render,
+)
 from crisp.network.discovery import Discovery, Rejected, config_files
 
 
@@ -125,6 +131,38 @@ def test_default_config_is_bridge_host_local_portmap_loopback() -> None:
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd00:88::/64"}]]
     assert bridge["ipam"]["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
     assert network.plugins[2]["capabilities"] == {"portMappings": True}
+    assert bridge["ipMasq"] is False  # crisp masquerades per subnet, not the plugin per pod
+
+
+def test_only_the_default_config_as_written_gets_crisps_masquerade(tmp_path: Path) -> None:
+    assert ensure_default(tmp_path, ["10.88.0.0/16"], "/ipam") is True
+    path = tmp_path / DEFAULT_CONFIG_NAME
+    written = parse_document(json.loads(path.read_text()), str(path))
+    assert masqueraded_subnets(written, "/ipam") == ["10.88.0.0/16"]
+    edited = json.loads(path.read_text())
+    edited["plugins"][1]["ipMasq"] = True
+    assert masqueraded_subnets(parse_document(edited, str(path)), "/ipam") == []
+    assert masqueraded_subnets(parse_document(json.loads(path.read_text()),
+                                              str(tmp_path / "10-mine.conflist")), "/ipam") == []
+
+
+def test_a_default_config_from_before_is_still_crisps_own(tmp_path: Path) -> None:
+    """A file crisp wrote when the bridge masqueraded per pod is refreshed, not kept."""
+    path = tmp_path / DEFAULT_CONFIG_NAME
+    path.write_bytes(encode(render(["10.88.0.0/16"], "/ipam", per_pod_masquerade=True)))
+    assert ensure_default(tmp_path, ["10.88.0.0/16"], "/ipam") is True
+    assert json.loads(path.read_text())["plugins"][1]["ipMasq"] is False
+
+
+def test_masquerade_rules_of_a_subnet() -> None:
+    restore, jump = masquerade.rules("10.88.0.0/16")
+    chain = masquerade.chain_name("10.88.0.0/16")
+    assert len(chain) <= 28 and chain != masquerade.chain_name("10.89.0.0/16")
+    assert restore.splitlines() == [
+        "*nat", f":{chain} - [0:0]", f"-A {chain} -d 10.88.0.0/16 -j ACCEPT",
+        f"-A {chain} -d 224.0.0.0/4 -j ACCEPT", f"-A {chain} -j MASQUERADE", "COMMIT"]
+    assert jump[:5] == ["POSTROUTING", "-s", "10.88.0.0/16", "-j", chain]
+    assert "-d ff00::/8 -j ACCEPT" in masquerade.rules("fd00:88::/64")[0]
 
 
 def test_default_is_written_only_into_an_empty_dir(tmp_path: Path) -> None:

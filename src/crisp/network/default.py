@@ -16,6 +16,7 @@ from typing import Any
 
 from crisp.durable import write_atomic
 from crisp.filemodes import public_dir
+from crisp.network.conflist import NetworkConfig
 from crisp.network.discovery import config_files
 
 DEFAULT_CONFIG_NAME = "99-crisp-default.conflist"
@@ -23,8 +24,14 @@ DEFAULT_NETWORK_NAME = "crisp"
 DEFAULT_BRIDGE = "crisp0"
 
 
-def render(subnets: Sequence[str], ipam_dir: str) -> dict[str, Any]:
-    """The default conflist for the given pod subnets (IPv4 and/or IPv6)."""
+def render(subnets: Sequence[str], ipam_dir: str,
+           per_pod_masquerade: bool = False) -> dict[str, Any]:
+    """The default conflist for the given pod subnets (IPv4 and/or IPv6).
+
+    Its bridge masquerades nothing itself: crisp puts one rule set per subnet in place
+    (:mod:`crisp.network.masquerade`) rather than the plugin's chain per pod.
+    ``per_pod_masquerade`` renders the file as crisp wrote it before, to recognise it.
+    """
     networks = [ipaddress.ip_network(s, strict=False) for s in subnets]
     if not networks:
         raise ValueError("the default network needs at least one subnet")
@@ -39,7 +46,7 @@ def render(subnets: Sequence[str], ipam_dir: str) -> dict[str, Any]:
                 "type": "bridge",
                 "bridge": DEFAULT_BRIDGE,
                 "isGateway": True,
-                "ipMasq": True,
+                "ipMasq": per_pod_masquerade,
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
@@ -89,6 +96,23 @@ def _is_untouched(content: bytes, ipam_dir: str) -> bool:
         document = json.loads(content)
         bridge = document["plugins"][1]
         subnets = [entry[0]["subnet"] for entry in bridge["ipam"]["ranges"]]
-        return encode(render(subnets, ipam_dir)) == content
+        return any(encode(render(subnets, ipam_dir, per_pod)) == content
+                   for per_pod in (False, True))
     except (ValueError, KeyError, IndexError, TypeError):
         return False
+
+
+def masqueraded_subnets(network: NetworkConfig, ipam_dir: str) -> list[str]:
+    """The subnets whose masquerade crisp must put in place for ``network``: those of its
+    default config exactly as crisp writes it; none for any other (an edited default file
+    is the administrator's, whose bridge masquerades per pod with ``ipMasq: true``)."""
+    if Path(network.source).name != DEFAULT_CONFIG_NAME or len(network.plugins) < 2:
+        return []
+    try:
+        subnets = [str(entry[0]["subnet"]) for entry in network.plugins[1]["ipam"]["ranges"]]
+        wanted = render(subnets, ipam_dir)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return []
+    if network.name != wanted["name"] or list(network.plugins) != wanted["plugins"]:
+        return []
+    return subnets

@@ -21,7 +21,7 @@ from typing import Any
 from crisp.config import CNIConfig, LiveConfig
 from crisp.errors import CrispError, FailedPrecondition, InvalidArgument
 from crisp.keyedlocks import KeyedLocks
-from crisp.network import default, version
+from crisp.network import default, masquerade, version
 from crisp.network.cache import Attachment, AttachmentCache, check_sandbox_id
 from crisp.network.conflist import NetworkConfig
 from crisp.network.discovery import Discovery, PluginVersions, discover, fingerprint
@@ -63,6 +63,9 @@ class NetworkManager:
         # The last discovery and what it was made from (settings and a stat pass of the
         # dirs): Status answers from it until anything it depends on changes.
         self._known: tuple[tuple[object, ...], Discovery] | None = None
+        # Subnets whose masquerade this daemon has put in place (crisp's default network).
+        self._masqueraded: set[str] = set()
+        self._masquerading = asyncio.Lock()
 
     @property
     def _cni(self) -> CNIConfig:
@@ -135,6 +138,7 @@ class NetworkManager:
                 discovery = await self._discover()
             if discovery.network is None:
                 raise FailedPrecondition(f"pod network is not ready: {discovery.explanation()}")
+            await self._masquerade(discovery.network)
             attachment = Attachment(
                 sandbox_id=sandbox_id,
                 netns=netns_path,
@@ -233,6 +237,19 @@ class NetworkManager:
         return released
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _masquerade(self, network: NetworkConfig) -> None:
+        """Put the default network's masquerade in place, once per subnet and daemon."""
+        subnets = default.masqueraded_subnets(network, str(self._ipam_dir))
+        if all(subnet in self._masqueraded for subnet in subnets):
+            return
+        async with self._masquerading:
+            missing = [subnet for subnet in subnets if subnet not in self._masqueraded]
+            if missing:
+                await asyncio.to_thread(masquerade.ensure, missing)
+                self._masqueraded.update(missing)
+                log.info("masquerading traffic that leaves pod subnet(s) %s",
+                         ", ".join(missing))
 
     def _lock(self, sandbox_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         return self._locks.hold(sandbox_id)
