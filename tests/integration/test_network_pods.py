@@ -373,27 +373,14 @@ def test_host_network_pods_skip_cni(daemon: CrispDaemon, net: Net) -> None:
         remove_pod(daemon, pod)
 
 
-def test_default_network_is_written_for_a_fresh_machine(
-    make_daemon: DaemonFactory, net: Net
-) -> None:
+@pytest.fixture
+def default_network(net: Net) -> Iterator[str]:
+    """The toml that has a daemon write crisp's default network (bridge crisp0) for net's
+    subnet; afterwards crisp0 and the subnet's masquerade are removed again."""
     if _ip("link", "show", "dev", "crisp0"):
         pytest.skip("bridge crisp0 belongs to a crisp running on this machine")
-    daemon = make_daemon(net.toml() + f'write_default_config = true\n'
-                                      f'default_subnet = "{net.subnet}"\n')
     try:
-        assert network_condition(daemon).status
-        assert (net.conf_dir / "99-crisp-default.conflist").exists()
-        pod = run_pod(daemon, pod_config("fresh"))
-        (ip,) = pod_ips(daemon, pod)
-        assert ipaddress.ip_address(ip) in net.subnet
-        # One masquerade for the subnet, put in place by crisp; no chain of the pod's own.
-        chain = masquerade.chain_name(str(net.subnet))
-        assert f"-A POSTROUTING -s {net.subnet} " in _nat("-S", "POSTROUTING")
-        assert _nat("-S", chain).splitlines()[1:] == [
-            f"-A {chain} -d {net.subnet} -j ACCEPT", f"-A {chain} -d 224.0.0.0/4 -j ACCEPT",
-            f"-A {chain} -j MASQUERADE"]
-        assert pod not in _nat("-S")
-        remove_pod(daemon, pod)
+        yield net.toml() + f'write_default_config = true\ndefault_subnet = "{net.subnet}"\n'
     finally:
         if f"inet {net.gateway}/" in _ip("-o", "addr", "show", "dev", "crisp0"):  # ours
             _ip("link", "del", "crisp0")
@@ -402,6 +389,49 @@ def test_default_network_is_written_for_a_fresh_machine(
         for flag in ("-F", "-X"):
             subprocess.run(["iptables", "-w", "-t", "nat", flag,
                             masquerade.chain_name(str(net.subnet))], capture_output=True)
+
+
+def test_default_network_is_written_for_a_fresh_machine(
+    make_daemon: DaemonFactory, net: Net, default_network: str
+) -> None:
+    daemon = make_daemon(default_network)
+    assert network_condition(daemon).status
+    assert (net.conf_dir / "99-crisp-default.conflist").exists()
+    pod = run_pod(daemon, pod_config("fresh"))
+    (ip,) = pod_ips(daemon, pod)
+    assert ipaddress.ip_address(ip) in net.subnet
+    # loopback ran (beside the bridge): lo is up in the pod.
+    netns = daemon.run_dir / "pods" / pod / "ns" / "net"
+    lo = subprocess.run(["nsenter", f"--net={netns}", "ip", "-o", "link", "show", "lo"],
+                        capture_output=True, text=True, check=True).stdout
+    assert "LOOPBACK,UP" in lo
+    # One masquerade for the subnet, put in place by crisp; no chain of the pod's own.
+    chain = masquerade.chain_name(str(net.subnet))
+    assert f"-A POSTROUTING -s {net.subnet} " in _nat("-S", "POSTROUTING")
+    assert _nat("-S", chain).splitlines()[1:] == [
+        f"-A {chain} -d {net.subnet} -j ACCEPT", f"-A {chain} -d 224.0.0.0/4 -j ACCEPT",
+        f"-A {chain} -j MASQUERADE"]
+    assert pod not in _nat("-S")
+    remove_pod(daemon, pod)
+
+
+def test_a_failing_loopback_beside_the_bridge_leaves_nothing(
+    make_daemon: DaemonFactory, net: Net, default_network: str
+) -> None:
+    """In the default network loopback runs beside the bridge: when it fails after the
+    bridge succeeded, the bridge's veth and address are given back all the same."""
+    (net.bin_dir / "loopback").write_text(BROKEN_PLUGIN.replace("ADD)", "ADD) sleep 0.5\n"))
+    (net.bin_dir / "loopback").chmod(0o755)
+    daemon = make_daemon(default_network)
+    with pytest.raises(grpc.RpcError) as failure:
+        run_pod(daemon, pod_config("doomed"))
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "loopback" in failure.value.details()
+    assert "cannot add rules: table full" in failure.value.details()
+    leases = daemon.root / "network" / "ipam" / "crisp"
+    assert [p.name for p in leases.iterdir() if p.name[0].isdigit()] == []
+    assert _ip("-o", "link", "show", "master", "crisp0") == ""
+    assert pinned_namespaces(daemon) == []
 
 
 def _nat(*args: str) -> str:

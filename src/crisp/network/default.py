@@ -106,13 +106,22 @@ def masqueraded_subnets(network: NetworkConfig, ipam_dir: str) -> list[str]:
     """The subnets whose masquerade crisp must put in place for ``network``: those of its
     default config exactly as crisp writes it; none for any other (an edited default file
     is the administrator's, whose bridge masquerades per pod with ``ipMasq: true``)."""
+    return _own_subnets(network, ipam_dir) or []
+
+
+def is_crisps_own(network: NetworkConfig, ipam_dir: str) -> bool:
+    """Whether ``network`` is the default config exactly as crisp writes it."""
+    return _own_subnets(network, ipam_dir) is not None
+
+
+def _own_subnets(network: NetworkConfig, ipam_dir: str) -> list[str] | None:
     if Path(network.source).name != DEFAULT_CONFIG_NAME or len(network.plugins) < 2:
-        return []
+        return None
     try:
         subnets = [str(entry[0]["subnet"]) for entry in network.plugins[1]["ipam"]["ranges"]]
         wanted = render(subnets, ipam_dir)
     except (ValueError, KeyError, IndexError, TypeError):
-        return []
+        return None
     if network.name != wanted["name"] or list(network.plugins) != wanted["plugins"]:
-        return []
+        return None
     return subnets

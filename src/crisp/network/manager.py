@@ -297,29 +297,62 @@ class NetworkManager:
         return values
 
     async def _add(self, attachment: Attachment, progress: _Progress) -> dict[str, Any]:
-        """Run ADD through the chain, each plugin getting the previous one's result."""
+        """Run ADD through the chain, each plugin getting the previous one's result.
+
+        In crisp's own default network the leading loopback runs beside the rest of the
+        chain, as containerd runs its loopback network beside the pod's: it only brings
+        ``lo`` up, and the reference bridge after it builds its result without reading
+        loopback's, so the outcome is the chain's. ``progress`` counts the chain's prefix
+        that succeeded, as if it had run in order.
+        """
         network = attachment.network
         bin_dirs = list(self._cni.bin_dirs)
         call = Call("ADD", attachment.sandbox_id, attachment.netns, attachment.ifname,
                     attachment.cni_args)
-        previous: dict[str, Any] | None = None
-        for plugin in network.plugins:
-            path = require_plugin(str(plugin["type"]), bin_dirs)
-            if previous is not None and _nothing_to_map(plugin, attachment.runtime_config):
-                progress.succeeded += 1  # its DEL still runs: it is in the chain
-                continue
-            config = _plugin_input(network, plugin, attachment.runtime_config, previous)
-            with step(f"cni: ADD {plugin['type']}"):
-                output = await run_plugin(path, call, config, bin_dirs, network=network.name)
-            if output is None:
-                raise FailedPrecondition(
-                    f"CNI plugin {path} ADD for network {network.name!r} succeeded but "
-                    "printed no result"
-                )
-            previous = output
-            progress.succeeded += 1
+        plugins = list(network.plugins)
+        beside: asyncio.Future[dict[str, Any]] | None = None
+        if (len(plugins) > 1 and plugins[0].get("type") == "loopback"
+                and default.is_crisps_own(network, str(self._ipam_dir))):
+            beside = asyncio.ensure_future(self._add_one(network, plugins[0], call, attachment,
+                                                         None, bin_dirs))
+            plugins = plugins[1:]
+        done = 0
+        try:
+            previous: dict[str, Any] | None = None
+            for plugin in plugins:
+                if previous is not None and _nothing_to_map(plugin, attachment.runtime_config):
+                    done += 1  # its DEL still runs: it is in the chain
+                    continue
+                previous = await self._add_one(network, plugin, call, attachment, previous,
+                                               bin_dirs)
+                done += 1
+        finally:
+            if beside is not None:
+                await asyncio.wait([beside])
+                if beside.cancelled() or beside.exception() is not None:
+                    done = -1  # the chain failed at its first plugin
+                else:
+                    done += 1
+            progress.succeeded = max(done, 0)
+        if beside is not None:
+            beside.result()  # raises loopback's error when only it failed
         assert previous is not None  # a NetworkConfig always has a plugin
         return previous
+
+    async def _add_one(self, network: NetworkConfig, plugin: dict[str, Any], call: Call,
+                       attachment: Attachment, previous: dict[str, Any] | None,
+                       bin_dirs: list[str]) -> dict[str, Any]:
+        """ADD of one plugin of the chain; its result."""
+        path = require_plugin(str(plugin["type"]), bin_dirs)
+        config = _plugin_input(network, plugin, attachment.runtime_config, previous)
+        with step(f"cni: ADD {plugin['type']}"):
+            output = await run_plugin(path, call, config, bin_dirs, network=network.name)
+        if output is None:
+            raise FailedPrecondition(
+                f"CNI plugin {path} ADD for network {network.name!r} succeeded but "
+                "printed no result"
+            )
+        return output
 
     async def _delete(self, attachment: Attachment, netns_path: str | None) -> None:
         """Run DEL through the chain in reverse (stopping at an error), then forget it.
