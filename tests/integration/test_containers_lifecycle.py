@@ -228,6 +228,23 @@ def test_status_and_list(env: PodsEnv, pod: str) -> None:
                   state=cri_pb2.ContainerStateValue(state=cri_pb2.CONTAINER_RUNNING)) == [running]
 
 
+def test_start_releases_runc_init_as_runc_start_would(env: PodsEnv, pod: str) -> None:
+    """crisp reads runc init's start byte itself (oci/runtime.py): the process waiting
+    must be runc init by the name crisp knows it by, and afterwards runc itself must call
+    the container running (its exec.fifo gone)."""
+    created = env.runtime.CreateContainer(cri_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod, config=env.container_config("fifo", ["sleep", "3600"]),
+    )).container_id
+    (fifo,) = env.daemon.run_dir.rglob(f"{created}/exec.fifo")
+    pid = json.loads((fifo.parent / "state.json").read_text())["init_process_pid"]
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "runc:[2:INIT]"
+    env.runtime.StartContainer(cri_pb2.StartContainerRequest(container_id=created))
+    assert env.status(created).status.state == cri_pb2.CONTAINER_RUNNING
+    assert not fifo.exists()
+    wait_for(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep", 10,
+             "the container to run sleep")
+
+
 def test_remove_stops_a_running_container_and_is_idempotent(env: PodsEnv, pod: str) -> None:
     container_id = env.run_container(pod, env.container_config("removed", ["sleep", "3600"]))
     pid = json.loads(env.status(container_id, verbose=True).info["info"])["pid"]

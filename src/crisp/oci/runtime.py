@@ -5,10 +5,15 @@ Every call is a subprocess; its stderr becomes the message of the error a client
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import re
+import select
 import signal
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +97,19 @@ class OCIRuntime:
         entries = json.loads(out or b"null") or []
         return [entry["id"] for entry in entries]
 
-    async def start(self, container_id: str) -> None:
+    async def start(self, container_id: str, pid: int = 0) -> None:
+        """Let the created container's process run (``pid``: its ``runc init``, if known).
+
+        All ``runc start`` does is read the byte ``runc init`` waits to write into the
+        FIFO ``<root>/<id>/exec.fifo`` and then remove the FIFO (which is how runc tells a
+        created container from a running one). For runc crisp does that itself: a Go
+        process less per start (10-20 ms here, more under load). Anything unusual (no
+        FIFO, another runtime, the init gone) goes to ``runc start``, which says why.
+        """
+        if pid > 0 and Path(self.path).name == "runc":
+            fifo = self.root / container_id / "exec.fifo"
+            if await asyncio.to_thread(_release_exec_fifo, fifo, pid):
+                return
         await self._checked("start", container_id)
 
     async def kill(self, container_id: str, sig: int, *, all_processes: bool = False) -> None:
@@ -149,6 +166,56 @@ def runtime_failure(message: str) -> CrispError:
     if _BAD_COMMAND.search(message):
         return InvalidArgument(message)
     return RuntimeFailure(message)
+
+
+def _release_exec_fifo(fifo: Path, pid: int, seconds: float = 10.0) -> bool:
+    """Read runc init's start byte from ``fifo`` and remove it; False: leave it to runc.
+
+    The FIFO is opened without blocking, so a reader exists for ``runc init`` to open it
+    against; its byte arrives once it has. While none comes ``pid`` must still be runc
+    init: one that already runs another program got its byte earlier (a daemon that died
+    between reading it and removing the FIFO), so only the removal is left to do.
+    """
+    try:
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + seconds
+        while not poller.poll(50):
+            state = _init_state(pid)
+            if state == "gone" or time.monotonic() > deadline:
+                return False
+            if state == "running":
+                break
+        else:
+            if os.read(fd, 1) != b"0":
+                return False  # the writer went away without its byte
+    finally:
+        os.close(fd)
+    fifo.unlink(missing_ok=True)
+    return True
+
+
+_RUNC_INIT_COMM = b"runc:[2:INIT]"  # runc init's name until it executes the container's
+
+
+def _init_state(pid: int) -> str:
+    """"waiting" (still runc init), "running" (another program) or "gone" (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            text = file.read()
+        comm = text[text.index(b"(") + 1:text.rindex(b")")]
+        state = text.rsplit(b")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return "gone"
+    if state == b"Z":
+        return "gone"
+    return "waiting" if comm == _RUNC_INIT_COMM else "running"
 
 
 def _message(stderr: bytes) -> str:

@@ -254,7 +254,7 @@ class ContainerManager:
             started_at = time.time_ns()  # the process may end before runc start returns
             try:
                 with step("container: runc start"):
-                    await backend.runtime.start(container_id)
+                    await backend.runtime.start(container_id, container.pid)
                 failpoint("container.start.started")
             except RuntimeFailure as error:
                 await self._record_failed_start(container, str(error))
@@ -269,7 +269,7 @@ class ContainerManager:
     async def start_infra(self, container: Container) -> None:
         backend = self.ctx.backend(container.runtime_handler)
         container.started_at = time.time_ns()
-        await backend.runtime.start(container.id)
+        await backend.runtime.start(container.id, container.pid)
         container.state = ContainerState.RUNNING
 
     async def _record_failed_start(self, container: Container, message: str) -> None:
