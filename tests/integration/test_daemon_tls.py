@@ -30,8 +30,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers needs root"),
 ]
 
-# Python's ssl module and the OpenSSL library it links: what an idle daemon must not map.
-SSL_FILES = ("/_ssl.", "/libssl.so")
+# Python's ssl and hashlib back ends and the OpenSSL libraries: what an idle daemon must not map.
+SSL_FILES = ("/_ssl.", "/libssl.so", "/_hashlib.", "/libcrypto.so")
 
 
 def ssl_mapped(daemon: CrispDaemon) -> list[str]:
