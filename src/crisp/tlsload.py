@@ -19,12 +19,11 @@ not the config file).
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import sys
 from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from types import ModuleType
+from typing import Any
 
 # The asyncio modules (Python 3.11 to 3.13) that bind ``ssl`` when they are imported.
 ASYNCIO_SSL_USERS = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto")
@@ -59,34 +58,38 @@ def _hand_to_asyncio(ssl: ModuleType) -> None:
             ssl.SSLWantReadError, ssl.SSLSyscallError)
 
 
-class _HandSSLToAsyncio(importlib.abc.MetaPathFinder):
+class _HandSSLToAsyncio:
     """Finds ssl as the import system would, and hands the module to asyncio once it ran.
 
-    Patching after the fact would be simpler but needs a call on every TLS path; a path
+    Duck-typed, as the import system takes it: importlib.abc costs 0.9 MiB. Patching after
+    the fact would be simpler but needs a call on every TLS path; a path
     without one (aiohttp's connector making its own default context) would fail with
     asyncio's "stdlib ssl module not available" only when it first runs.
     """
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+                  target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname != "ssl":
             return None
         sys.meta_path.remove(self)  # ssl loads once; the finder has no more work
-        spec = importlib.util.find_spec("ssl")
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _ThenHand(spec.loader)
-        return spec
+        for finder in sys.meta_path:  # as the import system looks
+            spec: ModuleSpec | None = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenHand(spec.loader)  # type: ignore[assignment]
+                return spec
+        return None
 
 
-class _ThenHand(importlib.abc.Loader):
+class _ThenHand:
     """ssl's own loader, then :func:`_hand_to_asyncio`."""
 
-    def __init__(self, loader: importlib.abc.Loader):
+    def __init__(self, loader: Any):
         self.loader = loader
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self.loader.create_module(spec)
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        module: ModuleType | None = self.loader.create_module(spec)
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
