@@ -73,7 +73,8 @@ class _HandSSLToAsyncio:
             return None
         sys.meta_path.remove(self)  # ssl loads once; the finder has no more work
         for finder in sys.meta_path:  # as the import system looks
-            spec: ModuleSpec | None = finder.find_spec(fullname, path, target)
+            find = getattr(finder, "find_spec", None)
+            spec: ModuleSpec | None = find(fullname, path, target) if find else None
             if spec is not None:
                 if spec.loader is not None:
                     spec.loader = _ThenHand(spec.loader)  # type: ignore[assignment]
