@@ -39,7 +39,6 @@ NOT_AT_START = {
     "_hashlib": "libcrypto: only with hashlib",
     "hmac": "imports _hashlib; secrets imports it (ids come from os.urandom)",
     "secrets": "imports hmac",
-    "crisp.oci.seccomp": "0.4 MiB; RuntimeDefault and Localhost profiles: the first filter",
     "importlib.resources": "0.9 MiB; importlib.abc imports it (crisp.tlsload duck-types)",
 }
 

@@ -21,7 +21,7 @@ from crisp.oci.model import (
     SELinuxOptions,
     UserNamespace,
 )
-from crisp.oci.seccomp_kind import SeccompKind
+from crisp.oci.seccomp import SeccompKind
 from crisp.oci.security import (
     ALL_CAPABILITIES,
     APPARMOR_DEFAULT_PROFILE,

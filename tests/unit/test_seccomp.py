@@ -10,13 +10,14 @@ import pytest
 
 from crisp.errors import InvalidArgument
 from crisp.oci.seccomp import (
+    SeccompKind,
     host_kernel,
     load_localhost_profile,
+    parse_legacy_profile_path,
     parse_profile,
     runtime_default_profile,
     seccomp_for_container,
 )
-from crisp.oci.seccomp_kind import SeccompKind, parse_legacy_profile_path
 
 DEFAULT_CAPS = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",

@@ -16,6 +16,7 @@ Docker form (``archMap``, ``includes``/``excludes``), validated, and resolved th
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crisp.errors import InvalidArgument
-from crisp.oci.seccomp_kind import SeccompKind
 
 ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"
@@ -543,6 +543,29 @@ def read_localhost_profile(path: str) -> str:
 def load_localhost_profile(path: str, capabilities: Iterable[str] = ()) -> dict[str, Any]:
     """A Localhost profile file as an OCI ``linux.seccomp`` dict (blocking: reads the file)."""
     return parse_profile(read_localhost_profile(path), path, capabilities)
+
+
+class SeccompKind(enum.Enum):
+    """CRI's SecurityProfile.ProfileType for seccomp."""
+
+    RUNTIME_DEFAULT = "RuntimeDefault"
+    UNCONFINED = "Unconfined"
+    LOCALHOST = "Localhost"
+
+
+def parse_legacy_profile_path(value: str) -> tuple[SeccompKind, str]:
+    """The deprecated string form (seccomp_profile_path): "runtime/default", "docker/default",
+    "unconfined", "localhost/<absolute path>"; "" is Unconfined, as CRI defines it."""
+    if value in ("", "unconfined"):
+        return SeccompKind.UNCONFINED, ""
+    if value in ("runtime/default", "docker/default"):
+        return SeccompKind.RUNTIME_DEFAULT, ""
+    if value.startswith("localhost/"):
+        return SeccompKind.LOCALHOST, value.removeprefix("localhost/")
+    raise InvalidArgument(
+        f"seccomp profile {value!r} is unknown: use \"runtime/default\", \"unconfined\" or "
+        '"localhost/<absolute path>"'
+    )
 
 
 async def seccomp_for_container(

@@ -28,7 +28,7 @@ from crisp.oci.model import (
     SELinuxOptions,
     UserNamespace,
 )
-from crisp.oci.seccomp_kind import SeccompKind, parse_legacy_profile_path
+from crisp.oci.seccomp import SeccompKind, parse_legacy_profile_path, seccomp_for_container
 
 # The capabilities a container gets unless its security context adds or drops some
 # (the set Docker, containerd and CRI-O agree on).
@@ -496,8 +496,6 @@ async def plan_security(security: SecurityRequest, *, sandbox_privileged: bool,
     caps = container_capabilities(security.privileged, security.add_capabilities,
                                   security.drop_capabilities)
     kind, ref = seccomp_request(security)
-    from crisp.oci.seccomp import seccomp_for_container  # its tables when a filter is built
-
     seccomp = await seccomp_for_container(kind, ref, caps, privileged=security.privileged)
     apparmor = apparmor_profile(security.apparmor, host, privileged=security.privileged)
     label = selinux_label(security.selinux, host)
