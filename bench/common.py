@@ -7,6 +7,7 @@ up after it (mounts, shims, bridges), so a benchmark can run both in one process
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import json
 import os
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from crisp.api import cri_pb2, cri_pb2_grpc
-from tests.support.daemon import CrispDaemon
+from tests.support.daemon import SOURCE_DIR, CrispDaemon
 from tests.support.image_builder import (
     BUSYBOX,
     GROUP,
@@ -189,6 +190,10 @@ def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
     (base / "net.d").mkdir(parents=True)
     bridge_existed = subprocess.run(["ip", "link", "show", "crisp0"],
                                     capture_output=True).returncode == 0
+    # An installed crisp has its bytecode compiled (pip does it), containerd is a binary: a
+    # checkout run with PYTHONDONTWRITEBYTECODE would compile every module at each start,
+    # and the compiler's memory stays in the daemon's RSS (1.3 MiB idle, measured).
+    compileall.compile_dir(str(SOURCE_DIR / "crisp"), quiet=1)
     daemon = CrispDaemon(base)
     # The test helper logs at debug level; a benchmark runs crisp as production would.
     daemon.config_path.write_text(

@@ -33,11 +33,21 @@ NOT_AT_START = {
     "decimal": "0.4 MiB; quantities parse with whole numbers",
     "tracemalloc": "0.4 MiB; only when PYTHONTRACEMALLOC asks for the heap breakdown",
     "platform": "0.2 MiB; os.uname() gives the machine",
+    "ssl": "1.1 MiB (4.4 with libcrypto); asyncio gets it on the first TLS use (crisp.tlsload)",
+    "_ssl": "libssl: only with ssl",
+    "hashlib": "3.5 MiB: OpenSSL's libcrypto; blobs hash when a pull, import or export runs",
+    "_hashlib": "libcrypto: only with hashlib",
+    "hmac": "imports _hashlib; secrets imports it (ids come from os.urandom)",
+    "secrets": "imports hmac",
+    "importlib.resources": "0.9 MiB; importlib.abc imports it (crisp.tlsload duck-types)",
 }
 
+# What the daemon runs between importing its command and serving, in that order.
 PROBE = """
 import json, sys
 import crisp.cli.daemon
+from crisp import tlsload
+assert tlsload.import_asyncio_without_ssl()  # as crisp.cli.daemon._daemon does
 import crisp.server.app
 from crisp.api import cri_pb2
 from crisp.server.validation import check_request
@@ -56,3 +66,14 @@ def test_daemon_start_up_leaves_heavy_modules_unloaded() -> None:
     loaded = set(json.loads(done.stdout))
     assert "crisp.server.app" in loaded  # the probe did import the daemon
     assert {name: why for name, why in NOT_AT_START.items() if name in loaded} == {}
+
+
+def test_the_daemon_imports_asyncio_without_ssl_first() -> None:
+    """The probe above repeats the daemon's order; this keeps the daemon to it."""
+    import inspect
+
+    from crisp.cli import daemon
+
+    source = inspect.getsource(daemon._daemon)
+    assert source.index("tlsload.import_asyncio_without_ssl()") < source.index(
+        "from crisp.server.app import")

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from crisp import __version__, heap, logsetup, sdnotify
+from crisp import __version__, heap, logsetup, sdnotify, tlsload
 from crisp.cli import background
 from crisp.cli.install import main_install, main_uninstall
 from crisp.config import ConfigError, LiveConfig, config_path, load, render_default
@@ -166,6 +166,7 @@ def _daemon(
     # (5 ms by default) each time the event loop wants it back: with a hundred pods the
     # kubelet's relists, answered in about a millisecond, waited tens of milliseconds.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    tlsload.import_asyncio_without_ssl()  # before anything imports asyncio: no OpenSSL idle
     from crisp.server.app import StartupError, run  # the gRPC stack only where it is used
 
     logsetup.configure(config.log_level, config.log_format)

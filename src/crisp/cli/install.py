@@ -8,7 +8,6 @@ files an operator edited since are kept and named, and nothing else is touched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field, replace
@@ -90,6 +89,7 @@ def default_crisp() -> str:
 
 
 def _digest(data: bytes) -> str:
+    import hashlib  # libcrypto only once something is hashed (crisp.tlsload)
     return hashlib.sha256(data).hexdigest()
 
 

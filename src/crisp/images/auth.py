@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 import time
@@ -41,6 +40,7 @@ class Credentials:
 
     def identity(self) -> str:
         """A digest of every field, to key cached tokens without keeping secrets in keys."""
+        import hashlib  # libcrypto only once something is hashed (crisp.tlsload)
         raw = "\0".join(getattr(self, f.name) for f in fields(self))
         return hashlib.sha256(raw.encode()).hexdigest()
 

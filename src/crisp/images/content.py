@@ -10,7 +10,6 @@ megabyte at a time.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import logging
 import os
@@ -48,6 +47,7 @@ class Ingest:
     """One blob being written: append chunks, then :meth:`commit` (verifies) or :meth:`abort`."""
 
     def __init__(self, store: ContentStore, digest: str, size: int | None):
+        import hashlib  # libcrypto only once something is hashed (crisp.tlsload)
         self.store = store
         self.digest = digest
         self.expected_size = size
@@ -68,6 +68,7 @@ class Ingest:
 
     def open(self, resume: bool) -> None:
         """Open the ingest file (blocking); with ``resume`` keep and rehash what is there."""
+        import hashlib  # libcrypto only once something is hashed (crisp.tlsload)
         self._hash = hashlib.sha256()
         self.offset = 0
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
@@ -93,6 +94,7 @@ class Ingest:
             self._truncate_locked()
 
     def _truncate_locked(self) -> None:
+        import hashlib  # libcrypto only once something is hashed (crisp.tlsload)
         with self._progress:
             self._generation += 1  # before the bytes go: a reader must not take the new ones
             self._progress.notify_all()
@@ -338,6 +340,7 @@ class ContentStore:
     ) -> tuple[str, int]:
         """Copy ``source`` in as a blob (blocking): verified if ``digest`` is given, else named
         by what it hashes to. Returns the digest and size."""
+        import hashlib  # libcrypto only once something is hashed (crisp.tlsload)
         fd, temp_name = tempfile.mkstemp(prefix="put-", dir=self.ingest_dir)
         temp = Path(temp_name)
         try:

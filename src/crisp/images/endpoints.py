@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from crisp.config import LiveConfig, RegistryConfig
 from crisp.errors import FailedPrecondition, InvalidArgument
 from crisp.images import registries_conf
 from crisp.images.auth import normalize_host
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +330,8 @@ class SSLContexts:
 
     @staticmethod
     def _build(endpoint: Endpoint) -> ssl.SSLContext:
+        import ssl  # OpenSSL only once a registry asks for TLS settings (crisp.tlsload)
+
         where = f" ({endpoint.source})" if endpoint.source else ""
         context = ssl.create_default_context()
         if not endpoint.verify_tls:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
 import os
 from pathlib import Path
+
+from crisp.digest import sha256
 
 
 class _SealedCopy:
@@ -47,7 +48,7 @@ def _name_link(fd: int, path: str, links: Path | None) -> str | None:
     the path executed, so ``ps`` and ``pgrep`` show ``runc`` rather than a fd number."""
     if links is None:
         return None
-    folder = links / hashlib.sha256(path.encode()).hexdigest()[:16]
+    folder = links / sha256(path.encode()).hexdigest()[:16]
     link = folder / os.path.basename(path)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import posixpath
-import secrets
 import shutil
 import signal
 import time
@@ -61,7 +60,7 @@ OUTPUT_LOG = "output.log"  # where conmon logs a container whose config names no
 
 
 def new_id() -> str:
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()  # secrets.token_hex without hmac, which loads libcrypto
 
 
 def signal_number(name: str) -> int:

@@ -20,7 +20,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import signal
 import struct
 import subprocess
@@ -81,7 +80,7 @@ class ExecProcess:
                 f"container {container.id} is {container.state}: commands run only in a "
                 "running container")
         bundle = Path(container.bundle)
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
         pid_file = bundle / f"exec-{token}.pid"
         log_file = bundle / f"exec-{token}.log"
         process_spec = interactive_process(await container_process(bundle), argv, tty)

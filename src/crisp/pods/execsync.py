@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ async def exec_sync(runtime: OCIRuntime, container: Container, argv: list[str],
             "container"
         )
     bundle = Path(container.bundle)
-    pid_file = bundle / f"exec-{secrets.token_hex(8)}.pid"
+    pid_file = bundle / f"exec-{os.urandom(8).hex()}.pid"
     spec = exec_process({"process": await container_process(bundle)}, argv)
     loop = asyncio.get_running_loop()
     out_read, out_write = os.pipe()

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import hashlib
 import io
 import logging
 import os
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from crisp.digest import sha256
 from crisp.durable import fsync_dir, syncfs
 from crisp.failpoints import failpoint
 from crisp.filemodes import public_dir
@@ -45,13 +45,13 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
             result.append(diff_id)
         else:
             text = f"{result[-1]} {diff_id}".encode()
-            result.append("sha256:" + hashlib.sha256(text).hexdigest())
+            result.append("sha256:" + sha256(text).hexdigest())
     return result
 
 
 def short_name(chain_id: str) -> str:
     """A stable, short, filesystem-safe name for a chain id (for the ``l/`` links)."""
-    raw = hashlib.sha256(chain_id.encode()).digest()
+    raw = sha256(chain_id.encode()).digest()
     return base64.b32encode(raw).decode().rstrip("=")[:SHORT_NAME_LENGTH]
 
 

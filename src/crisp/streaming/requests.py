@@ -7,7 +7,8 @@ connection has, so it is unguessable, usable once, and short-lived.
 
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class TokenCache:
                 f"{self._limit} streaming requests are waiting for their client to connect; "
                 "try again once some have connected or expired"
             )
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+        token = base64.urlsafe_b64encode(os.urandom(TOKEN_BYTES)).rstrip(b"=").decode()
         self._entries[token] = (self._clock() + self.ttl, request)
         return token
 
