@@ -21,12 +21,12 @@ Blocking (runs iptables): call it in a thread.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import shutil
 import subprocess
 from collections.abc import Sequence
 
+from crisp.digest import sha256
 from crisp.errors import FailedPrecondition
 
 CHAIN_PREFIX = "CRISP-MASQ-"
@@ -36,7 +36,7 @@ TIMEOUT_S = 60.0
 
 def chain_name(subnet: str) -> str:
     """The chain of one subnet (iptables chain names stay under 29 characters)."""
-    return CHAIN_PREFIX + hashlib.sha256(subnet.encode()).hexdigest()[:12].upper()
+    return CHAIN_PREFIX + sha256(subnet.encode()).hexdigest()[:12].upper()
 
 
 def rules(subnet: str) -> tuple[str, list[str]]:
