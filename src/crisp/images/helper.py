@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import signal
+import stat
 import sys
 from typing import Any
 
@@ -179,6 +180,11 @@ async def _serve() -> None:
 
 def main() -> int:
     """Serve the daemon on stdin/stdout until stdin ends."""
+    if not all(stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)
+               for fd in (0, 1)):
+        print("crisp registry-helper is started by the crisp daemon for pulls; it speaks a "
+              "binary protocol on pipes and is not for interactive use", file=sys.stderr)
+        return 2
     # a ^C or hangup at the daemon's terminal is for the daemon: the helper ends with its stdin
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
