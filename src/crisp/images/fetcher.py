@@ -35,6 +35,7 @@ import logging
 import os
 import pickle
 import signal
+import site
 import struct
 import sys
 from collections.abc import Callable, Sequence
@@ -300,7 +301,9 @@ def helper_env() -> dict[str, str]:
     the helper runs the same code as the daemon whatever else is installed."""
     env = dict(os.environ)
     source = str(Path(crisp.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+    if source not in {str(Path(p).resolve()) for p in site.getsitepackages()}:
+        # a checkout or an editable install (site-packages must not come before the stdlib)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
     return env
 
 
