@@ -15,7 +15,7 @@ from tests.support.daemon import checkout_env
 
 # module -> the MiB it holds once imported (measured with smaps_rollup) and where it belongs
 NOT_AT_START = {
-    "aiohttp": "10 MiB; the registry client and streaming server load it when used",
+    "aiohttp": "10 MiB; the streaming server loads it when used (pulls: the registry helper)",
     "crisp.images.registry": "the registry client: only when a pull happens",
     "crisp.images.pull": "the registry client: only when a pull happens",
     "crisp.storage.unpack": "tarfile and gzip: only where layers unpack",
