@@ -172,9 +172,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time the process (all its threads) has used so far."""
+    """User and system CPU time the process (all its threads) and its children have used so
+    far: crisp's registry helper (running or reaped) counts as crisp's."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            with contextlib.suppress(OSError):
+                ticks += sum(int(f) for f in Path(f"/proc/{child}/stat").read_text()
+                             .rsplit(")", 1)[1].split()[11:13])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def time_pull(socket: Path, reference: str) -> float:
@@ -318,8 +325,8 @@ def main() -> int:
           "\nthe unpack rate (of unpacked bytes, per layer) of layers unpacked after their"
           "\ndownload; for layers unpacked while they download, the mean ms from the end of the"
           "\ndownload to the layer's ready mark (tail); with --log-dir also the mean ms of a"
-          "\nblob's fsync and a layer's syncfs. CPU: seconds of CPU the runtime's process used"
-          "\nper pull (median).")
+          "\nblob's fsync and a layer's syncfs. CPU: seconds of CPU the runtime's process and its"
+          "\nchildren (crisp's registry helper) used per pull (median).")
     print(f"\n{'shape':<14}{'layers':>7}{'MB':>7}{'crisp s':>9}{'ctrd s':>8}{'crisp/ctrd':>11}"
           f"{'crisp MB/s':>11}{'ctrd MB/s':>10}{'download MB/s':>14}{'unpack MB/s':>12}"
           f"{'tail ms':>8}{'fsync ms':>9}{'syncfs ms':>10}{'crisp CPU':>10}{'ctrd CPU':>9}")

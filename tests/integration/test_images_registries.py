@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,10 +285,7 @@ async def test_registries_conf_digest_only_mirror_and_blocked(tmp_path: Path,
         await proxy.stop()
 
 
-async def test_registries_conf_certs_d(tmp_path: Path, plain: Plain, ca: CA,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from crisp.images import endpoints
-
+async def test_registries_conf_certs_d(tmp_path: Path, plain: Plain, ca: CA) -> None:
     server = ca.issue(tmp_path, "server")
     client = ca.issue(tmp_path, "client", client=True)
     with running_registry(tls=ServerTLS(server.cert, server.key, client_ca=ca.cert_path),
@@ -297,8 +295,15 @@ async def test_registries_conf_certs_d(tmp_path: Path, plain: Plain, ca: CA,
         (certs / "ca.crt").write_bytes(ca.cert_path.read_bytes())
         (certs / "client.cert").write_bytes(client.cert.read_bytes())
         (certs / "client.key").write_bytes(client.key.read_bytes())
-        monkeypatch.setattr(endpoints, "CERTS_DIRS", (str(tmp_path / "containers-certs.d"),))
         conf = tmp_path / "registries.conf"
         conf.write_text(f'[[registry]]\nlocation = "{tls.host}"\n')
         live = config(tmp_path, registries_conf=str(conf))
-        assert await pull(live, tmp_path, f"{tls.host}/test/busybox:latest") == plain.image.id
+        certs_dirs = (str(tmp_path / "containers-certs.d"),)
+        async with open_service(tmp_path / "root", live) as svc:
+            # the registry helper process reads the certificate directories: patch them there
+            svc.puller.client.command = [
+                sys.executable, "-P", "-c",
+                f"import crisp.images.endpoints as e; e.CERTS_DIRS = {certs_dirs!r}; "
+                "from crisp.cli.daemon import main; raise SystemExit(main(['registry-helper']))",
+            ]
+            assert (await svc.pull(f"{tls.host}/test/busybox:latest")).id == plain.image.id

@@ -12,7 +12,7 @@ import pytest
 
 from crisp.api import cri_pb2
 from tests.support.daemon import CrispDaemon
-from tests.support.registry import Registry, running_registry, token_registry
+from tests.support.registry import BusyboxRegistry, Registry, running_registry, token_registry
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,11 @@ def test_a_token_server_refusing_the_credentials_is_unauthenticated(
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
     assert "token server" in error.details()  # type: ignore[attr-defined]
     assert "answered 401" in error.details()  # type: ignore[attr-defined]
+
+
+def test_an_image_the_registry_does_not_have_is_not_found(
+    crisp_daemon: CrispDaemon, registry_busybox: BusyboxRegistry
+) -> None:
+    error = _pull(crisp_daemon, f"{registry_busybox.registry.host}/test/absent:latest")
+    assert error.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert "was not found" in error.details()  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from tests.support.daemon import checkout_env
 
 # module -> the MiB it holds once imported (measured with smaps_rollup) and where it belongs
 NOT_AT_START = {
-    "aiohttp": "10 MiB; the registry client and streaming server load it when used",
+    "aiohttp": "10 MiB; the streaming server loads it when used (pulls: the registry helper)",
     "crisp.images.registry": "the registry client: only when a pull happens",
     "crisp.images.pull": "the registry client: only when a pull happens",
     "crisp.storage.unpack": "tarfile and gzip: only where layers unpack",
@@ -77,3 +77,49 @@ def test_the_daemon_imports_asyncio_without_ssl_first() -> None:
     source = inspect.getsource(daemon._daemon)
     assert source.index("tlsload.import_asyncio_without_ssl()") < source.index(
         "from crisp.server.app import")
+
+
+# the HTTP client stays in the registry helper process (crisp.images.fetcher): importing it
+# fails in this probe, so a daemon-side pull module that needed it would fail here
+PULL_PROBE = """
+import json, sys
+for name in ("aiohttp", "crisp.images.registry", "crisp.images.helper"):
+    sys.modules[name] = None
+import crisp.cli.daemon
+import crisp.server.app
+from crisp.config import Config, LiveConfig
+from crisp.images.fetcher import RegistryHelper
+from crisp.images.pull import Puller
+from crisp.images.reference import parse_reference
+
+RegistryHelper(LiveConfig(Config(), None)).repository(parse_reference("busybox"), None)
+print(json.dumps(sorted(n for n, m in sys.modules.items() if m is not None)))
+"""
+NOT_IN_A_PULL = ("aiohttp", "multidict", "yarl", "http.client", "crisp.images.registry",
+                 "crisp.images.helper")
+
+
+def test_a_pull_in_the_daemon_leaves_the_http_client_unloaded() -> None:
+    done = subprocess.run([sys.executable, "-c", PULL_PROBE], capture_output=True, text=True,
+                          env=checkout_env(), check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout))
+    assert "crisp.images.pull" in loaded
+    assert [name for name in NOT_IN_A_PULL if name in loaded] == []
+
+
+def test_the_daemon_side_of_pulls_imports_no_tls_or_http_client() -> None:
+    """ssl too: a daemon that starts without it (asyncio's import of it blocked) must not
+    load it for a pull."""
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2] / "src" / "crisp" / "images"
+    for module in ("fetcher.py", "pull.py"):
+        tree = ast.parse((source / module).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module or "" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom)}
+        assert imported & {"ssl", "aiohttp", "crisp.images.registry",
+                           "crisp.images.endpoints", "crisp.images.helper"} == set(), module

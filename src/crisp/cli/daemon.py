@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--offline", action="store_true", help="skip the registry probes")
+    # hidden (no help): the registry client of pulls, started by the daemon (crisp.images.helper)
+    commands.add_parser("registry-helper")
     uninstall = commands.add_parser("uninstall", help="remove what crisp install laid down")
     uninstall.add_argument("--root", default="/", metavar="DIR", help="uninstall below DIR")
     config = commands.add_parser("config", parents=[common], help="print or check a config file")
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         from crisp.cli.doctor import main_doctor  # its checks only where they run
 
         return main_doctor(args.config, args.json, network=not args.offline)
+    if args.command == "registry-helper":
+        from crisp.images.helper import main as main_helper
+
+        return main_helper()
     if args.command == "uninstall":
         return main_uninstall(Path(args.root))
     return _daemon(

@@ -226,6 +226,7 @@ def _check(config: Config) -> list[tuple[str, str]]:
     for key, seconds in [
         ("images.pull_timeout", config.images.pull_timeout),
         ("images.pull_progress_timeout", config.images.pull_progress_timeout),
+        ("images.registry_helper_idle", config.images.registry_helper_idle),
     ]:
         if seconds < 0:
             problems.append((key, "must not be negative"))

@@ -134,6 +134,12 @@ class ImageConfig:
         "verified); false unpacks a layer after its download.",
         live=True,
     )
+    registry_helper_idle: float = option(
+        30.0,
+        "Seconds the registry helper process (the HTTP client of pulls, kept out of the "
+        "daemon's memory) stays after its last request; the next pull starts a new one.",
+        live=True,
+    )
 
 
 @dataclass(frozen=True)

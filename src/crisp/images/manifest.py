@@ -42,6 +42,15 @@ MAX_MANIFEST_SIZE = 4 << 20
 
 
 @dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest or index as a registry served it, its digest computed from ``data``."""
+
+    data: bytes
+    media_type: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class Descriptor:
     """A pointer to a blob: its media type, digest and size (and for index entries, platform)."""
 

@@ -19,6 +19,7 @@ from crisp.config import LiveConfig
 from crisp.errors import CrispError, DeadlineExceeded, InvalidArgument
 from crisp.images.auth import Credentials
 from crisp.images.content import ContentStore, DigestMismatch, Ingest, IngestInterrupted
+from crisp.images.fetcher import HelperGone, RegistryHelper, RemoteRepository
 from crisp.images.manifest import (
     Descriptor,
     Index,
@@ -30,7 +31,6 @@ from crisp.images.manifest import (
 from crisp.images.model import Image, LayerRef, NameUnresolved
 from crisp.images.progress import PullProgress
 from crisp.images.reference import Reference
-from crisp.images.registry import RegistryClient, RepositoryClient
 from crisp.storage import LayerInfo, LayerStore, chain_ids
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ PROGRESS_LOG_INTERVAL = 5.0
 
 
 class Puller:
-    def __init__(self, live: LiveConfig, client: RegistryClient, content: ContentStore,
+    def __init__(self, live: LiveConfig, client: RegistryHelper, content: ContentStore,
                  layers: LayerStore):
         self.live = live
         self.client = client
@@ -113,10 +113,13 @@ class Puller:
                                                   limit, progress))
         except BaseExceptionGroup as group_error:
             await self.layers.settle()
+            failure = _first_error(group_error)
             # a failed pull gives its space back: the partials of the layers its failure
-            # cancelled go too (a pull that is itself cancelled keeps them, to resume)
-            await self.content.drop_partials(layer.digest for layer in manifest.layers)
-            raise _first_error(group_error) from None
+            # cancelled go too (a pull that is itself cancelled keeps them, to resume, and so
+            # does one whose registry helper died, as after a crash of crisp)
+            if not isinstance(failure, HelperGone):
+                await self.content.drop_partials(layer.digest for layer in manifest.layers)
+            raise failure from None
         size = len(top.data) + manifest.config.size + sum(layer.size for layer in manifest.layers)
         return Image(
             id=manifest.config.digest,
@@ -134,7 +137,7 @@ class Puller:
             created_at=time.time(),
         )
 
-    async def _layer(self, repository: RepositoryClient, descriptor: Descriptor, diff_id: str,
+    async def _layer(self, repository: RemoteRepository, descriptor: Descriptor, diff_id: str,
                      chain: str, parent: str | None, limit: asyncio.Semaphore,
                      progress: PullProgress) -> None:
         entry = progress.layers[descriptor.digest]
@@ -161,7 +164,7 @@ class Puller:
                  descriptor.digest, progress.reference, descriptor.size, info.size,
                  time.monotonic() - started)
 
-    async def _streamed_layer(self, repository: RepositoryClient, descriptor: Descriptor,
+    async def _streamed_layer(self, repository: RemoteRepository, descriptor: Descriptor,
                               diff_id: str, chain: str, parent: str | None,
                               limit: asyncio.Semaphore,
                               progress: PullProgress) -> tuple[LayerInfo, float]:
@@ -204,7 +207,7 @@ class Puller:
                 pass
         return await self.layers.ensure(chain, parent, diff_id, blob), downloaded
 
-    async def _blob(self, repository: RepositoryClient, descriptor: Descriptor,
+    async def _blob(self, repository: RemoteRepository, descriptor: Descriptor,
                     progress: PullProgress, log_it: bool = True,
                     on_begin: Callable[[Ingest], None] | None = None) -> Path:
         entry = progress.layers.get(descriptor.digest)
@@ -244,8 +247,10 @@ class Puller:
                                     "downloading it again from the start", descriptor.digest)
                         continue
                     raise
-                except asyncio.CancelledError:
-                    await ingest.close()  # the caller gave up or crisp stops: the next pull resumes
+                except (asyncio.CancelledError, HelperGone):
+                    # the caller gave up, crisp stops or the registry helper died: the next
+                    # pull resumes
+                    await ingest.close()
                     raise
                 except BaseException:
                     await ingest.abort()

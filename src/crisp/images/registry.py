@@ -14,9 +14,8 @@ import hashlib
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -38,7 +37,6 @@ from crisp.images.auth import (
     from_auth_file,
     parse_challenges,
 )
-from crisp.images.content import Ingest
 from crisp.images.endpoints import (
     DOCKER_HUB_API,
     LOCAL_HOSTS,
@@ -48,13 +46,19 @@ from crisp.images.endpoints import (
     shares_credentials,
     tls_reason,
 )
-from crisp.images.manifest import ACCEPT, MAX_MANIFEST_SIZE, Descriptor, media_type_of
+from crisp.images.manifest import (
+    ACCEPT,
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    FetchedManifest,
+    media_type_of,
+)
 from crisp.images.reference import Reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DOCKER_HUB_API", "LOCAL_HOSTS", "Endpoint", "RegistryClient", "RepositoryClient",
-           "endpoints_for"]
+__all__ = ["DOCKER_HUB_API", "LOCAL_HOSTS", "BlobSink", "Endpoint", "FetchedManifest",
+           "RegistryClient", "RepositoryClient", "endpoints_for"]
 ATTEMPTS = 4
 BACKOFF = 0.2
 READ_CHUNK = 1 << 20
@@ -65,11 +69,16 @@ _RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Connect
               asyncio.TimeoutError)
 
 
-@dataclass(frozen=True)
-class FetchedManifest:
-    data: bytes
-    media_type: str
-    digest: str
+class BlobSink(Protocol):
+    """Where a blob's bytes go: the content store's Ingest, or the registry helper's pipe
+    to the daemon's Ingest (crisp.images.helper)."""
+
+    @property
+    def written(self) -> int: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def restart(self) -> None: ...
 
 
 class RegistryClient:
@@ -369,7 +378,7 @@ class RepositoryClient:
     async def fetch_blob(
         self,
         descriptor: Descriptor,
-        ingest: Ingest,
+        ingest: BlobSink,
         on_progress: Callable[[int], None],
         progress_timeout: float,
     ) -> None:
@@ -422,7 +431,7 @@ class RepositoryClient:
         endpoint: Endpoint,
         path: str,
         descriptor: Descriptor,
-        ingest: Ingest,
+        ingest: BlobSink,
         on_progress: Callable[[int], None],
         progress_timeout: float,
     ) -> str | None:
