@@ -42,6 +42,7 @@ from tests.support.pods import clean_leftovers
 from tests.support.registry import running_registry
 
 CNI_BIN = "/usr/lib/cni"
+REGISTRY_HELPER_IDLE = 2.0  # seconds crisp's registry helper stays after the last pull
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Runtime:
     ipam_dir: Path | None = None
     # the directory everything of this runtime lives under (mounts there are its own)
     base: Path | None = None
+    # processes the daemon starts for itself and ends (crisp's registry helper): their
+    # memory is the daemon's while they run
+    helper_pids: Callable[[], list[int]] = lambda: []
 
     def stub(self) -> Any:
         channel = grpc.insecure_channel(f"unix://{self.socket}")
@@ -169,6 +173,34 @@ def smaps_rollup(pid: int) -> dict[str, int]:
     return found
 
 
+def daemon_rss_bytes(runtime: Runtime) -> int:
+    """The daemon's RSS with that of its own helper processes that run at the moment."""
+    return rss_bytes(runtime.daemon_pid()) + sum(rss_bytes(p) for p in runtime.helper_pids())
+
+
+def wait_for_helpers_to_end(runtime: Runtime, seconds: float = 30.0) -> int:
+    """Wait until the daemon's helper processes ended; their largest RSS seen meanwhile."""
+    peak = 0
+    deadline = time.monotonic() + seconds
+    while (helpers := runtime.helper_pids()) and time.monotonic() < deadline:
+        peak = max(peak, sum(rss_bytes(pid) for pid in helpers))
+        time.sleep(0.2)
+    return peak
+
+
+def children_whose_cmdline(parent: int, contains: str) -> list[int]:
+    """Processes whose parent is ``parent`` and whose command line has ``contains``."""
+    found = []
+    for pid in pids_whose_cmdline("", contains):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent:
+            found.append(pid)
+    return found
+
+
 def pids_whose_cmdline(first_contains: str, contains: str) -> list[int]:
     found = []
     for name in os.listdir("/proc"):
@@ -202,6 +234,8 @@ def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
         f'[pod]\npause_image = "{registry_host}/bench/pause:latest"\n'
         f'[cni]\nconf_dir = "{base / "net.d"}"\nwrite_default_config = true\n'
         f'bin_dirs = ["{CNI_BIN}"]\n'
+        # the registry helper ends soon after the pulls, so that idle figures are idle
+        f'[images]\nregistry_helper_idle = {REGISTRY_HELPER_IDLE}\n'
     )
     daemon.start()
     os.environ.pop("PYTHONTRACEMALLOC", None)
@@ -212,6 +246,7 @@ def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
             name="crisp", socket=daemon.socket, daemon_pid=lambda: process.pid,
             per_pod_pids=lambda pods: pids_whose_cmdline("conmon", str(base)),
             ipam_dir=daemon.root / "network" / "ipam", base=base,
+            helper_pids=lambda: children_whose_cmdline(process.pid, "registry-helper"),
         )
     finally:
         daemon.stop()

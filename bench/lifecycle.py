@@ -42,9 +42,11 @@ from common import (
     bench_registry,
     containerd_runtime,
     crisp_runtime,
+    daemon_rss_bytes,
     percentile,
     rss_bytes,
     smaps_rollup,
+    wait_for_helpers_to_end,
     write_json,
 )
 
@@ -76,7 +78,7 @@ def memory_with(driver: PodDriver, pods: int, prefix: str,
     running = [driver.start(f"{prefix}-{i}")[:2] for i in range(pods)]
     time.sleep(1.0)  # let lazily started helpers settle
     try:
-        daemon = rss_bytes(driver.runtime.daemon_pid())
+        daemon = daemon_rss_bytes(driver.runtime)
         breakdown[f"{pods} pods"] = smaps_rollup(driver.runtime.daemon_pid())
         pids = driver.runtime.per_pod_pids([pod for pod, _ in running])
         pids += [pid for pid in (driver.sandbox_pid(pod) for pod, _ in running) if pid]
@@ -100,6 +102,8 @@ class Results:
     # crisp only: mean ms per start step over the sequence, from Status verbose "steps"
     steps: dict[str, float]
     heap: list[list[Any]]
+    # the largest RSS of the daemon's helper processes during the pull (crisp's registry helper)
+    helper_peak: int = 0
 
 
 def measure(runtime: Runtime, busybox: str, pause: str, logs: Path,
@@ -107,6 +111,8 @@ def measure(runtime: Runtime, busybox: str, pause: str, logs: Path,
     driver = PodDriver(runtime, busybox, logs)
     breakdown = {"idle (fresh)": smaps_rollup(runtime.daemon_pid())}
     driver.pull(busybox, pause)
+    # crisp's registry helper holds its own memory while pulls run, then ends: "idle" is after
+    helper_peak = wait_for_helpers_to_end(runtime)
     breakdown["idle (pulled)"] = smaps_rollup(runtime.daemon_pid())
     sequence(driver, 3, "warmup")
     before = driver.status_info().get("steps")
@@ -116,7 +122,8 @@ def measure(runtime: Runtime, busybox: str, pause: str, logs: Path,
     memory = {count: memory_with(driver, count, f"mem{count}", breakdown)
               for count in (10, 50)}
     heap = json.loads(driver.status_info().get("tracemalloc", "[]"))
-    return Results(seq_start, seq_stop, con_start, con_stop, memory, breakdown, steps, heap)
+    return Results(seq_start, seq_stop, con_start, con_stop, memory, breakdown, steps, heap,
+                   helper_peak)
 
 
 # The split of a pod start the issue asks for, from the step names crisp records (steps.step
@@ -190,6 +197,9 @@ def report(results: dict[str, Results]) -> None:
         for stage, values in result.breakdown.items():
             print(f"{name + ' ' + stage:<45}", end="")
             print("".join(f"{values.get(kind, 0) / mib:>14.1f}" for kind in kinds))
+    if crisp.helper_peak:
+        print(f"crisp's registry helper held {crisp.helper_peak / mib:.1f} MiB RSS during the pull "
+              "(it ends once pulls stop: the idle rows are read after it ended)")
     if crisp.heap:
         print("\ncrisp Python heap by file (tracemalloc, 50 pods just stopped)")
         for filename, kib, blocks in crisp.heap:
