@@ -102,10 +102,12 @@ class CgroupService:
                                processes: bool = False) -> dict[str, CgroupUsage]:
         """Usage of many containers (id -> cgroupsPath) in one thread; gone ones left out.
 
-        ``processes`` counts each one's processes too (the metrics; CRI stats do without).
+        ``processes`` counts each one's processes and OOM kills too (the metrics; CRI stats
+        do without).
         """
         cgroups = {cid: self.driver.container_cgroup(path) for cid, path in cgroups_paths.items()}
-        readings = await read_stats_many(self.host, cgroups.values(), processes)
+        readings = await read_stats_many(self.host, cgroups.values(), processes,
+                                         oom_kills=processes)
         usage: dict[str, CgroupUsage] = {}
         for container_id, cgroup in cgroups.items():
             if (stats := readings.get(cgroup)) is not None:
@@ -122,10 +124,13 @@ class CgroupService:
 
     async def pods_usage(self, cgroup_parents: dict[str, str]) -> dict[str, CgroupUsage]:
         """Usage of many pods (sandbox id -> cgroup parent, all its containers together)
-        in one thread; pods whose cgroup is not there (yet, or any more) are left out."""
+        in one thread; pods whose cgroup is not there (yet, or any more) are left out.
+
+        Pods' OOM kills are left unread: neither CRI nor the metrics report them.
+        """
         cgroups = {sid: self.driver.parent_cgroup(parent)
                    for sid, parent in cgroup_parents.items()}
-        readings = await read_stats_many(self.host, cgroups.values())
+        readings = await read_stats_many(self.host, cgroups.values(), oom_kills=False)
         usage: dict[str, CgroupUsage] = {}
         for sandbox_id, cgroup in cgroups.items():
             if (stats := readings.get(cgroup)) is not None:
