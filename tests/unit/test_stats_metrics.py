@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -49,7 +50,7 @@ from crisp.pods.model import (
     SandboxConfig,
     SandboxMetadata,
 )
-from crisp.pods.stats import ContainerUsage, PodUsage, WritableLayer
+from crisp.pods.stats import ContainerUsage, PodUsage, WritableLayer, _Kept
 from crisp.server.pod_convert import container_status, resources
 from crisp.server.stats import (
     FILL_BATCH,
@@ -433,3 +434,22 @@ def test_detailed_samples_follow_cadvisor_units_and_labels() -> None:
     kinds = {s.name: s.kind for s in samples}
     assert kinds["container_cpu_cfs_periods_total"] is MetricKind.COUNTER
     assert kinds["container_spec_cpu_shares"] is MetricKind.GAUGE
+
+
+async def test_kept_readings_are_shared_until_too_old() -> None:
+    kept: _Kept[str, int] = _Kept()
+    reads: list[dict[str, str]] = []
+
+    async def read(wanted: dict[str, str]) -> dict[str, int]:
+        reads.append(dict(wanted))
+        await asyncio.sleep(0.01)  # a batch under way: the other call waits for it
+        return {key: len(reads) for key in wanted if key != "gone"}
+
+    live = {"a", "b", "gone"}
+    first, second = await asyncio.gather(kept.get({"a": "x", "b": "y"}, 60.0, read, live),
+                                         kept.get({"a": "x", "gone": "z"}, 60.0, read, live))
+    assert first == {"a": 1, "b": 1}
+    assert second == {"a": 1}  # a reused, gone read once and left out
+    assert reads == [{"a": "x", "b": "y"}, {"gone": "z"}]
+    assert await kept.get({"a": "x"}, 0.0, read, live) == {"a": 3}  # no max age: read now
+    assert await kept.get({"b": "y"}, 1e-9, read, live) == {"b": 4}  # too old: read again
