@@ -317,8 +317,9 @@ def _read_stats(layout: _Layout, host: CgroupHost, cgroup: str, processes: bool,
     )
 
 
-def _read_many(host: CgroupHost, cgroups: list[str], processes: bool,
-               oom_kills: bool) -> dict[str, ContainerCgroupStats]:
+def read_stats_batch(host: CgroupHost, cgroups: list[str], processes: bool = True,
+                     oom_kills: bool = True) -> dict[str, ContainerCgroupStats]:
+    """Readings of many cgroups (blocking); cgroups that are gone are left out."""
     layout = _Layout.of(host)
     result: dict[str, ContainerCgroupStats] = {}
     for cgroup in cgroups:
@@ -338,7 +339,7 @@ async def read_stats_many(
     host: CgroupHost, cgroups: Iterable[str], processes: bool = True, oom_kills: bool = True
 ) -> dict[str, ContainerCgroupStats]:
     """Readings of many cgroups in one worker thread; cgroups that are gone are left out."""
-    return await asyncio.to_thread(_read_many, host, list(cgroups), processes, oom_kills)
+    return await asyncio.to_thread(read_stats_batch, host, list(cgroups), processes, oom_kills)
 
 
 @dataclass(frozen=True)

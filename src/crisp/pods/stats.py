@@ -140,7 +140,7 @@ class UsageReader:
         self.ctx = ctx
         self.containers = containers
         # For the list calls: container and pod cgroups, pod interfaces (by sandbox id).
-        self._container_readings: _Kept[str, CgroupUsage] = _Kept()
+        self._container_readings: _Kept[Container, CgroupUsage] = _Kept()
         self._pod_readings: _Kept[str, CgroupUsage] = _Kept()
         self._interface_readings: _Kept[tuple[str, list[int]],
                                         tuple[int, list[InterfaceStats]]] = _Kept()
@@ -156,15 +156,16 @@ class UsageReader:
         figure and a cgroup reading may be (0: read now).
         """
         cgroups = self.ctx.cgroups
-        paths = {c.id: self.containers.cgroups_path(c) for c in containers if c.pid}
+        started = {c.id: c for c in containers if c.pid}
         accounting: dict[str, CgroupAccounting] = {}
         filesystems: dict[str, FilesystemInfo] = {}
         readings, layers = await asyncio.gather(
-            self._container_cgroups(paths, detailed, cgroups_max_age),
+            self._container_cgroups(started, detailed, cgroups_max_age),
             self.ctx.rootfs.usages([c.id for c in containers], layers_max_age),
         )
         if detailed:
-            running = {c.id: (paths[c.id], c.pid) for c in containers if c.id in readings}
+            running = {c.id: (self.containers.cgroups_path(c), c.pid)
+                       for c in containers if c.id in readings}
             accounting, filesystems = await asyncio.gather(
                 cgroups.containers_accounting(running),
                 asyncio.to_thread(filesystems_of, [c.rootfs for c in containers]),
@@ -177,15 +178,23 @@ class UsageReader:
             for c in containers
         ]
 
-    async def _container_cgroups(self, paths: dict[str, str], processes: bool,
+    async def _container_cgroups(self, containers: dict[str, Container], processes: bool,
                                  max_age: float) -> dict[str, CgroupUsage]:
-        """Readings of the containers' cgroups (id -> cgroupsPath), up to ``max_age`` old."""
-        if not paths:
+        """Readings of the containers' cgroups (by id), up to ``max_age`` old.
+
+        Paths are worked out only for the containers read now, not the kept ones.
+        """
+        if not containers:
             return {}
         cgroups = self.ctx.cgroups
+
+        async def read(stale: dict[str, Container]) -> dict[str, CgroupUsage]:
+            paths = {cid: self.containers.cgroups_path(c) for cid, c in stale.items()}
+            return await cgroups.containers_usage(paths, processes=processes)
+
         if processes:  # the metrics' readings have more in them: never the kept ones
-            return await cgroups.containers_usage(paths, processes=True)
-        return await self._container_readings.get(paths, max_age, cgroups.containers_usage,
+            return await read(containers)
+        return await self._container_readings.get(containers, max_age, read,
                                                   self.ctx.store.containers)
 
     async def pods_usage(self, pods: list[tuple[Sandbox, list[Container]]],
