@@ -102,6 +102,52 @@ def test_process_count_counts_the_subtree_without_pids_controller(tmp_path: Path
     assert read_stats(host, "/pod").process_count == 3
 
 
+def test_process_count_goes_below_the_first_level(tmp_path: Path) -> None:
+    host = CgroupHost(CgroupMode.LEGACY, v1_mounts={"pids": str(tmp_path)})
+    _write(tmp_path / "pod", {"cgroup.procs": "1\n"})
+    _write(tmp_path / "pod/leaf", {"cgroup.procs": "2\n3\n"})
+    _write(tmp_path / "pod/nested", {"cgroup.procs": ""})
+    _write(tmp_path / "pod/nested/inner", {"cgroup.procs": "4\n"})
+    _write(tmp_path / "pod/nested/inner/deeper", {"cgroup.procs": "5\n6\n"})
+    (tmp_path / "pod/not-a-cgroup").write_text("")  # a file, not a cgroup below
+    assert read_stats(host, "/pod").process_count == 6
+    assert read_stats(host, "/pod/nested").process_count == 3
+
+
+def test_oom_kills_are_read_only_when_asked(tmp_path: Path) -> None:
+    host = _v1_host(tmp_path)
+    _write(tmp_path / "memory/c", {
+        "memory.usage_in_bytes": "100\n",
+        "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+    })
+    assert read_stats(host, "/c").oom_kills == 3
+    assert read_stats(host, "/c", oom_kills=False).oom_kills is None
+
+
+def test_an_existing_cgroup_without_its_files_reads_as_unknowns(tmp_path: Path) -> None:
+    host = _v1_host(tmp_path)
+    (tmp_path / "memory/empty").mkdir(parents=True)
+    stats = read_stats(host, "/empty", processes=False)
+    assert stats.memory_usage_bytes is None and stats.cpu_usage_core_ns is None
+
+
+def test_flat_keyed_files_with_odd_lines_keep_the_good_ones(tmp_path: Path) -> None:
+    host = _v1_host(tmp_path)
+    _write(tmp_path / "memory/c", {
+        "memory.usage_in_bytes": "100\n",
+        "memory.stat": "total_rss 40\nodd line here\ntotal_pgfault 7\n",
+    })
+    stats = read_stats(host, "/c")
+    assert (stats.memory_rss_bytes, stats.page_faults) == (40, 7)
+
+
+def test_large_files_are_read_to_their_end(tmp_path: Path) -> None:
+    text = "".join(f"{pid}\n" for pid in range(100_000, 130_000))  # well past one read
+    host = CgroupHost(CgroupMode.LEGACY, v1_mounts={"pids": str(tmp_path)})
+    _write(tmp_path / "big", {"cgroup.procs": text})
+    assert read_stats(host, "/big").process_count == 30_000
+
+
 def test_a_missing_cgroup_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="/nope"):
         read_stats(_v1_host(tmp_path), "/nope")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -49,9 +50,16 @@ from crisp.pods.model import (
     SandboxConfig,
     SandboxMetadata,
 )
-from crisp.pods.stats import ContainerUsage, PodUsage, WritableLayer
+from crisp.pods.stats import ContainerUsage, PodUsage, WritableLayer, _Kept
 from crisp.server.pod_convert import container_status, resources
-from crisp.server.stats import container_stats, pod_sandbox_stats
+from crisp.server.stats import (
+    FILL_BATCH,
+    _Attributes,
+    _fill_containers,
+    _fill_pods,
+    container_stats,
+    pod_sandbox_stats,
+)
 
 
 def reading(cpu: int | None = 3_500_000_000, working_set: int | None = 4096,
@@ -138,6 +146,41 @@ def test_container_stats_message_leaves_unaccounted_values_unset() -> None:
     assert not message.memory.HasField("available_bytes")
     assert message.memory.usage_bytes.value == 8192
     assert not message.swap.HasField("swap_usage_bytes")
+
+
+def test_container_stats_message_keeps_zero_values_and_clamps_negative_ones() -> None:
+    zeros = dataclasses.replace(reading(), major_page_faults=0, page_faults=-5)
+    message = container_stats(usage(zeros))
+    assert message.memory.HasField("major_page_faults")
+    assert message.memory.major_page_faults.value == 0
+    assert message.memory.page_faults.value == 0
+
+
+async def test_list_responses_are_each_containers_message_in_order() -> None:
+    # More than one fill batch, attributes built once per id and never mixed up.
+    many = [dataclasses.replace(usage(reading(cpu=i)), container=container(f"c{i}", f"n{i}"))
+            for i in range(3 * FILL_BATCH + 5)]
+    for _ in range(2):
+        response = cri_pb2.ListContainerStatsResponse()
+        await _fill_containers(response, many)
+        assert list(response.stats) == [container_stats(u) for u in many]
+        assert [m.attributes.metadata.name for m in response.stats] == [
+            f"n{i}" for i in range(len(many))]
+        assert response.stats[7].cpu.usage_core_nano_seconds.value == 7
+    pods = [PodUsage(sandbox=dataclasses.replace(sandbox(), id=f"s{i}"), timestamp_ns=1,
+                     cgroup=None, containers=[many[i]]) for i in range(len(many))]
+    listed = cri_pb2.ListPodSandboxStatsResponse()
+    await _fill_pods(listed, pods)
+    assert list(listed.stats) == [pod_sandbox_stats(p) for p in pods]
+    assert [m.attributes.id for m in listed.stats] == [f"s{i}" for i in range(len(many))]
+
+
+def test_kept_attributes_of_removed_objects_are_swept() -> None:
+    kept = _Attributes()
+    for i in range(200):
+        kept.container(container(f"c{i}"))
+    kept.sweep(["c1", "c2"], [])
+    assert set(kept.containers) == {"c1", "c2"}
 
 
 def test_pod_stats_message_has_default_interface_and_processes() -> None:
@@ -391,3 +434,22 @@ def test_detailed_samples_follow_cadvisor_units_and_labels() -> None:
     kinds = {s.name: s.kind for s in samples}
     assert kinds["container_cpu_cfs_periods_total"] is MetricKind.COUNTER
     assert kinds["container_spec_cpu_shares"] is MetricKind.GAUGE
+
+
+async def test_kept_readings_are_shared_until_too_old() -> None:
+    kept: _Kept[str, int] = _Kept()
+    reads: list[dict[str, str]] = []
+
+    async def read(wanted: dict[str, str]) -> dict[str, int]:
+        reads.append(dict(wanted))
+        await asyncio.sleep(0.01)  # a batch under way: the other call waits for it
+        return {key: len(reads) for key in wanted if key != "gone"}
+
+    live = {"a", "b", "gone"}
+    first, second = await asyncio.gather(kept.get({"a": "x", "b": "y"}, 60.0, read, live),
+                                         kept.get({"a": "x", "gone": "z"}, 60.0, read, live))
+    assert first == {"a": 1, "b": 1}
+    assert second == {"a": 1}  # a reused, gone read once and left out
+    assert reads == [{"a": "x", "b": "y"}, {"gone": "z"}]
+    assert await kept.get({"a": "x"}, 0.0, read, live) == {"a": 3}  # no max age: read now
+    assert await kept.get({"b": "y"}, 1e-9, read, live) == {"b": 4}  # too old: read again

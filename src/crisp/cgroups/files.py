@@ -45,15 +45,38 @@ def read_text(path: Path | str | None) -> str | None:
         raise
 
 
+def read_bytes(path: str) -> bytes | None:
+    """The file's bytes as the kernel gives them, or None if it is not there (any more).
+
+    The stats readers take bytes: int() and split() work on them without a decode.
+    """
+    try:
+        return _read_all(path)
+    except OSError as error:
+        if vanished(error):
+            return None
+        raise
+
+
+WHOLE_READ_BYTES = 2048
+"""A read(2) shorter than this was the whole file: seq_file, which cgroup and /proc files
+go through, only cuts a read short once its page-sized buffer is full (less at most one
+record, and these files' records are lines), and a regular file only at its end."""
+
+
 def _read_all(path: str) -> bytes:
-    """The whole file in as few read(2) calls as it takes.
+    """The whole file in as few read(2) calls as it takes: one, for the small ones.
 
     Plain os calls: Path.read_text's text layer cost more than the read itself, and the
-    stats calls read thousands of these small pseudo-files a minute on a full node.
+    stats calls read thousands of these small pseudo-files a minute on a full node. A
+    short first read needs no second one to find the end (see `WHOLE_READ_BYTES`).
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = [os.read(fd, 65536)]
+        first = os.read(fd, 65536)
+        if len(first) < WHOLE_READ_BYTES:
+            return first
+        chunks = [first]
         while chunks[-1]:
             chunks.append(os.read(fd, 65536))
     finally:

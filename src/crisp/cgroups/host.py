@@ -58,7 +58,7 @@ class CgroupHost:
         v1 mounts win on hybrid hosts: runc puts limits there, and the cgroup2 hierarchy
         beside them usually has no controllers enabled.
         """
-        relative = _relative(cgroup)
+        relative = relative_cgroup(cgroup)
         if controller in self.v1_mounts:
             return Path(self.v1_mounts[controller], relative)
         if self.unified_mount is not None and (
@@ -71,7 +71,7 @@ class CgroupHost:
         """The directory of ``cgroup`` in the cgroup2 hierarchy, if the host has one."""
         if self.unified_mount is None:
             return None
-        return Path(self.unified_mount, _relative(cgroup))
+        return Path(self.unified_mount, relative_cgroup(cgroup))
 
     def has_controller(self, controller: str) -> bool:
         """True if runc can set limits of ``controller`` on this host."""
@@ -80,7 +80,8 @@ class CgroupHost:
         return controller in self.v1_mounts
 
 
-def _relative(cgroup: str) -> str:
+def relative_cgroup(cgroup: str) -> str:
+    """``cgroup`` (an absolute cgroup path) relative to a hierarchy's mount point."""
     if not cgroup.startswith("/"):
         raise ValueError(f"cgroup path {cgroup!r} must be absolute")
     return cgroup.lstrip("/")

@@ -87,12 +87,15 @@ def _same_netns(netns_path: str, pid: int) -> bool:
     return (pinned.st_dev, pinned.st_ino) == (joined.st_dev, joined.st_ino)
 
 
-def _read_through_pids(members: dict[str, tuple[str, list[int]]]) -> dict[str, str]:
-    found: dict[str, str] = {}
+def _read_through_pids(
+    members: dict[str, tuple[str, list[int]]]
+) -> dict[str, list[InterfaceStats]]:
+    """Read and parse (both in the worker thread) the namespaces a pid shows."""
+    found: dict[str, list[InterfaceStats]] = {}
     for key, (netns_path, pids) in members.items():
         for pid in pids:
             if _same_netns(netns_path, pid) and (text := read_text(f"/proc/{pid}/net/dev")):
-                found[key] = text
+                found[key] = parse_net_dev(text)
                 break
     return found
 
@@ -107,9 +110,8 @@ async def interfaces_of_netns_many(
     call cost more than the rest of ListPodSandboxStats. The others take the ``nsenter``
     path; keys whose namespace is gone are left out.
     """
-    texts = await asyncio.to_thread(_read_through_pids, namespaces)
-    result = {key: parse_net_dev(text) for key, text in texts.items()}
-    rest = [key for key in namespaces if key not in texts]
+    result = await asyncio.to_thread(_read_through_pids, namespaces)
+    rest = [key for key in namespaces if key not in result]
 
     async def pinned(key: str) -> None:
         try:

@@ -23,7 +23,12 @@ from crisp.cgroups.resources import (
     read_resources,
     write_pod_resources,
 )
-from crisp.cgroups.stats import ContainerCgroupStats, CpuRateTracker, read_stats, read_stats_many
+from crisp.cgroups.stats import (
+    ContainerCgroupStats,
+    CpuRateTracker,
+    read_stats,
+    read_stats_batch,
+)
 from crisp.cgroups.tree import remove_cgroup
 from crisp.errors import FailedPrecondition
 
@@ -102,14 +107,28 @@ class CgroupService:
                                processes: bool = False) -> dict[str, CgroupUsage]:
         """Usage of many containers (id -> cgroupsPath) in one thread; gone ones left out.
 
-        ``processes`` counts each one's processes too (the metrics; CRI stats do without).
+        ``processes`` counts each one's processes and OOM kills too (the metrics; CRI stats
+        do without).
         """
-        cgroups = {cid: self.driver.container_cgroup(path) for cid, path in cgroups_paths.items()}
-        readings = await read_stats_many(self.host, cgroups.values(), processes)
+        return await asyncio.to_thread(self._usage_batch, cgroups_paths, "", processes,
+                                       processes)
+
+    def _usage_batch(self, paths: dict[str, str], rate_prefix: str, processes: bool,
+                     oom_kills: bool) -> dict[str, CgroupUsage]:
+        """Readings and CPU rates by id (blocking): the paths, the rates and the readings
+        are all worked out in the worker thread, leaving the event loop nothing per cgroup.
+        ``paths`` are cgroupsPaths, or with a ``rate_prefix`` pods' cgroup parents."""
+        driver = self.driver
+        if rate_prefix:
+            cgroups = {key: driver.parent_cgroup(path) for key, path in paths.items()}
+        else:
+            cgroups = {key: driver.container_cgroup(path) for key, path in paths.items()}
+        readings = read_stats_batch(self.host, list(cgroups.values()), processes, oom_kills)
+        rates = self._rates
         usage: dict[str, CgroupUsage] = {}
-        for container_id, cgroup in cgroups.items():
+        for key, cgroup in cgroups.items():
             if (stats := readings.get(cgroup)) is not None:
-                usage[container_id] = CgroupUsage(stats, self._rates.update(container_id, stats))
+                usage[key] = CgroupUsage(stats, rates.update(rate_prefix + key, stats))
         return usage
 
     async def containers_accounting(
@@ -122,16 +141,11 @@ class CgroupService:
 
     async def pods_usage(self, cgroup_parents: dict[str, str]) -> dict[str, CgroupUsage]:
         """Usage of many pods (sandbox id -> cgroup parent, all its containers together)
-        in one thread; pods whose cgroup is not there (yet, or any more) are left out."""
-        cgroups = {sid: self.driver.parent_cgroup(parent)
-                   for sid, parent in cgroup_parents.items()}
-        readings = await read_stats_many(self.host, cgroups.values())
-        usage: dict[str, CgroupUsage] = {}
-        for sandbox_id, cgroup in cgroups.items():
-            if (stats := readings.get(cgroup)) is not None:
-                usage[sandbox_id] = CgroupUsage(stats,
-                                                self._rates.update(f"pod:{sandbox_id}", stats))
-        return usage
+        in one thread; pods whose cgroup is not there (yet, or any more) are left out.
+
+        Pods' OOM kills are left unread: neither CRI nor the metrics report them.
+        """
+        return await asyncio.to_thread(self._usage_batch, cgroup_parents, "pod:", True, False)
 
     async def update_pod_resources(self, cgroup_parent: str, resources: LinuxResources) -> None:
         """Write a pod's new limits into its cgroup parent (UpdatePodSandboxResources)."""

@@ -292,7 +292,12 @@ class PodService:
         ``detailed`` adds what only the metrics report (see UsageReader.containers_usage).
         """
         sandboxes = self.list_sandboxes(id_prefix=id_prefix, labels=labels)
-        return await self.usage.pods_usage([(s, self.containers_of(s.id)) for s in sandboxes],
+        # One pass over the containers, not one per pod (a hundred pods: 20,000 steps).
+        by_pod: dict[str, list[Container]] = {s.id: [] for s in sandboxes}
+        for container in self.ctx.store.containers.values():
+            if (members := by_pod.get(container.sandbox_id)) is not None:
+                members.append(container)
+        return await self.usage.pods_usage([(s, by_pod[s.id]) for s in sandboxes],
                                            detailed, POLLED_LAYERS_MAX_AGE_SECONDS,
                                            POLLED_CGROUPS_MAX_AGE_SECONDS)
 

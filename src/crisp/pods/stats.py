@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from crisp.cgroups import (
     CgroupAccounting,
@@ -32,9 +34,10 @@ POLLED_LAYERS_MAX_AGE_SECONDS = 10.0
 (containerd's CRI plugin collects snapshot usage in the background on the same period)."""
 
 POLLED_CGROUPS_MAX_AGE_SECONDS = 2.0
-"""How old a container's cgroup reading may be in the list calls: the kubelet asks
-ListContainerStats and ListPodSandboxStats in the same round, and both cover every
-container, so the second is answered from the first's readings."""
+"""How old a cgroup reading (a container's or a pod's) and a pod's interface counters may be
+in the list calls: the kubelet asks ListContainerStats and ListPodSandboxStats in the same
+round, and both cover every container, so the second is answered from the first's
+readings."""
 
 POD_INTERFACE = "eth0"
 """The interface CNI gives every pod (crisp.network asks plugins for this name)."""
@@ -66,7 +69,10 @@ class ContainerUsage:
 
 @dataclass(frozen=True)
 class PodUsage:
-    """One pod's reading: its cgroup (all its processes), its interfaces and its containers."""
+    """One pod's reading: its cgroup (all its processes), its interfaces and its containers.
+
+    ``timestamp_ns`` is when the interfaces were read (the call's time for a pod without).
+    """
 
     sandbox: Sandbox
     timestamp_ns: int
@@ -77,6 +83,46 @@ class PodUsage:
     @property
     def default_interface(self) -> InterfaceStats | None:
         return next((i for i in self.interfaces if i.name == POD_INTERFACE), None)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Kept(Generic[K, V]):
+    """Readings by id, each kept with the time it was taken, for the list calls' max age.
+
+    One batch at a time: a call arriving while another reads waits for it and takes its
+    readings rather than reading the same files again. An id the read left out (its cgroup
+    or namespace is gone) loses what was kept for it.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[float, V]] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, wanted: dict[str, K], max_age: float,
+                  read: Callable[[dict[str, K]], Awaitable[dict[str, V]]],
+                  live: Collection[str]) -> dict[str, V]:
+        """The readings of ``wanted`` (id -> what reading it takes), up to ``max_age`` old;
+        ``live`` is every id that may still be asked about (the others are swept)."""
+        if max_age <= 0:
+            return await read(wanted)
+        async with self._lock:
+            now = time.monotonic()
+            kept = self._kept
+            stale = {key: argument for key, argument in wanted.items()
+                     if (entry := kept.get(key)) is None or now - entry[0] >= max_age}
+            if stale:
+                read_now = await read(stale)
+                for key in stale:
+                    if key in read_now:
+                        kept[key] = (now, read_now[key])
+                    else:
+                        kept.pop(key, None)
+                if len(kept) > len(live) + 64:  # sweep removed objects' readings
+                    self._kept = kept = {k: e for k, e in kept.items() if k in live}
+            return {key: kept[key][1] for key in wanted if key in kept}
 
 
 class UsageReader:
@@ -93,9 +139,11 @@ class UsageReader:
     def __init__(self, ctx: PodContext, containers: ContainerManager) -> None:
         self.ctx = ctx
         self.containers = containers
-        # container id -> (time.monotonic() of the reading, the reading), for the list calls
-        self._readings: dict[str, tuple[float, CgroupUsage]] = {}
-        self._reading = asyncio.Lock()  # one batch at a time: the second reuses the first
+        # For the list calls: container and pod cgroups, pod interfaces (by sandbox id).
+        self._container_readings: _Kept[Container, CgroupUsage] = _Kept()
+        self._pod_readings: _Kept[str, CgroupUsage] = _Kept()
+        self._interface_readings: _Kept[tuple[str, list[int]],
+                                        tuple[int, list[InterfaceStats]]] = _Kept()
 
     async def containers_usage(self, containers: list[Container], detailed: bool = False,
                                layers_max_age: float = 0.0,
@@ -108,15 +156,16 @@ class UsageReader:
         figure and a cgroup reading may be (0: read now).
         """
         cgroups = self.ctx.cgroups
-        paths = {c.id: self.containers.cgroups_path(c) for c in containers if c.pid}
+        started = {c.id: c for c in containers if c.pid}
         accounting: dict[str, CgroupAccounting] = {}
         filesystems: dict[str, FilesystemInfo] = {}
         readings, layers = await asyncio.gather(
-            self._container_cgroups(paths, detailed, cgroups_max_age),
+            self._container_cgroups(started, detailed, cgroups_max_age),
             self.ctx.rootfs.usages([c.id for c in containers], layers_max_age),
         )
         if detailed:
-            running = {c.id: (paths[c.id], c.pid) for c in containers if c.id in readings}
+            running = {c.id: (self.containers.cgroups_path(c), c.pid)
+                       for c in containers if c.id in readings}
             accounting, filesystems = await asyncio.gather(
                 cgroups.containers_accounting(running),
                 asyncio.to_thread(filesystems_of, [c.rootfs for c in containers]),
@@ -129,29 +178,24 @@ class UsageReader:
             for c in containers
         ]
 
-    async def _container_cgroups(self, paths: dict[str, str], processes: bool,
+    async def _container_cgroups(self, containers: dict[str, Container], processes: bool,
                                  max_age: float) -> dict[str, CgroupUsage]:
-        """Readings of the containers' cgroups (id -> cgroupsPath), up to ``max_age`` old."""
-        if not paths:
+        """Readings of the containers' cgroups (by id), up to ``max_age`` old.
+
+        Paths are worked out only for the containers read now, not the kept ones.
+        """
+        if not containers:
             return {}
-        if processes or max_age <= 0:
-            return await self.ctx.cgroups.containers_usage(paths, processes=processes)
-        async with self._reading:
-            now = time.monotonic()
-            kept = self._readings
-            stale = {cid: path for cid, path in paths.items()
-                     if (entry := kept.get(cid)) is None or now - entry[0] >= max_age}
-            if stale:
-                read = await self.ctx.cgroups.containers_usage(stale)
-                for cid in stale:
-                    if cid in read:
-                        kept[cid] = (now, read[cid])
-                    else:
-                        kept.pop(cid, None)  # gone: its cgroup is not there any more
-                live = self.ctx.store.containers
-                if len(kept) > len(live) + 64:  # sweep removed containers' readings
-                    self._readings = {cid: e for cid, e in kept.items() if cid in live}
-            return {cid: self._readings[cid][1] for cid in paths if cid in self._readings}
+        cgroups = self.ctx.cgroups
+
+        async def read(stale: dict[str, Container]) -> dict[str, CgroupUsage]:
+            paths = {cid: self.containers.cgroups_path(c) for cid, c in stale.items()}
+            return await cgroups.containers_usage(paths, processes=processes)
+
+        if processes:  # the metrics' readings have more in them: never the kept ones
+            return await read(containers)
+        return await self._container_readings.get(containers, max_age, read,
+                                                  self.ctx.store.containers)
 
     async def pods_usage(self, pods: list[tuple[Sandbox, list[Container]]],
                          detailed: bool = False, layers_max_age: float = 0.0,
@@ -160,18 +204,19 @@ class UsageReader:
         parents = {s.id: s.cgroup_parent for s, _ in pods if s.cgroup_parent}
         # runc makes the pod cgroup with the pod's first container: none before that
         cgroups, interfaces, usage = await asyncio.gather(
-            self.ctx.cgroups.pods_usage(parents) if parents else _nothing(),
-            self._interfaces(pods),
+            self._pod_readings.get(parents, cgroups_max_age, self.ctx.cgroups.pods_usage,
+                                   self.ctx.store.sandboxes) if parents else _nothing(),
+            self._interfaces(pods, cgroups_max_age),
             self.containers_usage([c for _, cs in pods for c in cs], detailed, layers_max_age,
                                   cgroups_max_age),
         )
         by_id = {u.container.id: u for u in usage}
         now = time.time_ns()
         return [
-            PodUsage(sandbox=s, timestamp_ns=now, cgroup=cgroups.get(s.id),
-                     interfaces=interfaces.get(s.id, []),
-                     containers=[by_id[c.id] for c in cs])
+            PodUsage(sandbox=s, timestamp_ns=network[0], cgroup=cgroups.get(s.id),
+                     interfaces=network[1], containers=[by_id[c.id] for c in cs])
             for s, cs in pods
+            for network in (interfaces.get(s.id, (now, [])),)
         ]
 
     async def pod_usage(self, sandbox: Sandbox, containers: list[Container],
@@ -181,8 +226,9 @@ class UsageReader:
         return usage
 
     async def _interfaces(
-        self, pods: list[tuple[Sandbox, list[Container]]]
-    ) -> dict[str, list[InterfaceStats]]:
+        self, pods: list[tuple[Sandbox, list[Container]]], max_age: float
+    ) -> dict[str, tuple[int, list[InterfaceStats]]]:
+        """Each pod's interfaces (by sandbox id) and when they were read."""
         namespaces: dict[str, tuple[str, list[int]]] = {}
         for sandbox, containers in pods:
             netns = sandbox.namespace_paths.get("net", "")
@@ -194,15 +240,24 @@ class UsageReader:
             namespaces[sandbox.id] = (netns, pids)
         if not namespaces:
             return {}
-        try:
-            return await interfaces_of_netns_many(namespaces)
-        except CrispError as error:
-            log.warning("cannot read the network counters of pods: %s", error)
-            return {}
+        return await self._interface_readings.get(namespaces, max_age, _read_interfaces,
+                                                  self.ctx.store.sandboxes)
 
 
 async def _nothing() -> dict[str, CgroupUsage]:
     return {}
+
+
+async def _read_interfaces(
+    namespaces: dict[str, tuple[str, list[int]]]
+) -> dict[str, tuple[int, list[InterfaceStats]]]:
+    now = time.time_ns()
+    try:
+        found = await interfaces_of_netns_many(namespaces)
+    except CrispError as error:
+        log.warning("cannot read the network counters of pods: %s", error)
+        return {}
+    return {key: (now, interfaces) for key, interfaces in found.items()}
 
 
 def _layer(container: Container, figures: tuple[int, int] | None) -> WritableLayer | None:
