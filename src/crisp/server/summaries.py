@@ -54,7 +54,7 @@ class _Kept(Generic[Item, Message, Response]):
         for item in items:
             basis = self._basis(item)
             entry = kept.get(item.id)
-            if entry is None or not _same(entry[0], basis):
+            if entry is None or entry[0] != basis:  # equal tuples of the same objects: fast
                 entry = kept[item.id] = (basis, self._build(item))
             found.append(entry[1])
         if len(kept) > len(live) + _SLACK:
@@ -118,11 +118,6 @@ class Summaries:
 
 def _all_same(old: list[Any], new: list[Any]) -> bool:
     return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
-
-
-def _same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
-    """The state equal, the rest the very same objects."""
-    return old[0] == new[0] and all(a is b for a, b in zip(old[1:], new[1:], strict=True))
 
 
 def _status_basis(container: Container, limits: Resources) -> tuple[Any, ...]:
