@@ -10,7 +10,12 @@ ContainerStatus scales with the number of containers; the relists do not.
 Printed per runtime: the daemon's CPU (share of one core) and that of its per-pod processes,
 the daemon's RSS, and p50/p99 latency per RPC, with crisp/containerd ratios; ``--json OUT``
 writes the same figures as ``{metric: {"crisp": value, "containerd": value}}`` (latencies
-per RPC as ``<RPC> p50 ms`` and ``<RPC> p99 ms``). Run as root from the repository root::
+per RPC as ``<RPC> p50 ms`` and ``<RPC> p99 ms``). After the polling, where the daemon's CPU
+goes: each RPC called back to back on its own, the daemon's CPU per call less its idle CPU
+(``<RPC> CPU ms per call``; the stats RPCs spaced so that nothing they read is cached). Calls
+back to back cost a Python daemon less than the same calls spread over the minute, where each
+one wakes its threads from idle: the polled figure is the one the targets read. Run as root
+from the repository root::
 
     python bench/node.py [--pods 110] [--minutes 5] [--json node.json]
     python bench/node.py --pods 30 --minutes 1      # a quick check
@@ -85,12 +90,11 @@ def schedule(containers: list[str]) -> list[tuple[float, str]]:
     return sorted(calls)
 
 
-def steady_state(runtime: Runtime, driver: PodDriver, containers: list[str],
-                 duration: float) -> tuple[dict[str, list[float]], float, float, int]:
-    """Run the pattern; (latencies per RPC, daemon CPU share, per-pod CPU share, max RSS)."""
+def calls(driver: PodDriver, containers: list[str]) -> dict[str, Callable[[], Any]]:
+    """One call of each RPC the kubelet polls; ContainerStatus takes the containers in turn."""
     stub = driver.stub
     rotation = iter(range(10**9))
-    requests: dict[str, Callable[[], Any]] = {
+    return {
         "ListPodSandbox": lambda: stub.ListPodSandbox(cri_pb2.ListPodSandboxRequest()),
         "ListContainers": lambda: stub.ListContainers(cri_pb2.ListContainersRequest()),
         "Status": lambda: stub.Status(cri_pb2.StatusRequest()),
@@ -102,6 +106,12 @@ def steady_state(runtime: Runtime, driver: PodDriver, containers: list[str],
         "ContainerStatus": lambda: stub.ContainerStatus(cri_pb2.ContainerStatusRequest(
             container_id=containers[next(rotation) % len(containers)])),
     }
+
+
+def steady_state(runtime: Runtime, driver: PodDriver, containers: list[str],
+                 duration: float) -> tuple[dict[str, list[float]], float, float, int]:
+    """Run the pattern; (latencies per RPC, daemon CPU share, per-pod CPU share, max RSS)."""
+    requests = calls(driver, containers)
     latencies: dict[str, list[float]] = {name: [] for name in requests}
     failures: dict[str, str] = {}
     lock = threading.Lock()
@@ -145,6 +155,38 @@ def steady_state(runtime: Runtime, driver: PodDriver, containers: list[str],
             (sum(cpu_seconds(pid) for pid in per_pod) - per_pod_cpu) / elapsed, peak)
 
 
+# Calls per RPC for the CPU per call, and the pause between stats calls (their caches last 2 s).
+PER_CALL_COUNT = {"ListPodSandbox": 200, "ListContainers": 200, "ContainerStatus": 400,
+                  "Status": 100, "ImageFsInfo": 50, "ListContainerStats": 8,
+                  "ListPodSandboxStats": 8}
+STATS_PAUSE_SECONDS = 2.1
+
+
+def cpu_per_call(runtime: Runtime, driver: PodDriver,
+                 containers: list[str]) -> dict[str, float]:
+    """The daemon's CPU ms per call of each RPC, called on its own, less its idle CPU."""
+    daemon = runtime.daemon_pid()
+    time.sleep(2)  # the polling's last calls done
+    before = cpu_seconds(daemon)
+    time.sleep(10)
+    idle = (cpu_seconds(daemon) - before) / 10
+    found = {}
+    for name, call in calls(driver, containers).items():
+        try:
+            call()
+        except grpc.RpcError:  # reported by the polling already
+            continue
+        count = PER_CALL_COUNT[name]
+        before, began = cpu_seconds(daemon), time.perf_counter()
+        for _ in range(count):
+            call()
+            if "Stats" in name:
+                time.sleep(STATS_PAUSE_SECONDS)
+        spent = cpu_seconds(daemon) - before - idle * (time.perf_counter() - began)
+        found[name] = max(spent, 0.0) / count * 1000
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=110)
@@ -176,10 +218,12 @@ def main() -> None:
                     print(f"{name}: polling for {options.duration:.0f} s...", flush=True)
                     latencies, cpu, pod_cpu, peak = steady_state(
                         runtime, driver, containers, options.duration)
+                    print(f"{name}: CPU per call, each RPC on its own...", flush=True)
+                    per_call = cpu_per_call(runtime, driver, containers)
                     results[name] = {
                         "latencies": latencies, "cpu": cpu, "pod_cpu": pod_cpu,
                         "rss": rss_bytes(runtime.daemon_pid()), "peak": peak,
-                        "smaps": smaps_rollup(runtime.daemon_pid()),
+                        "smaps": smaps_rollup(runtime.daemon_pid()), "per_call": per_call,
                     }
                     for pod_id, ids in running:
                         driver.stop_pod(pod_id, ids)
@@ -217,6 +261,8 @@ def as_json(results: dict[str, dict[str, Any]], options: argparse.Namespace) -> 
                 figures.setdefault(f"{rpc} p99 ms", {})[name] = round(
                     percentile(samples, 0.99) * 1000, 3)
                 figures.setdefault(f"{rpc} calls", {})[name] = len(samples)
+        for rpc, ms in result["per_call"].items():
+            figures.setdefault(f"{rpc} CPU ms per call", {})[name] = round(ms, 3)
     return figures
 
 
@@ -249,6 +295,15 @@ def report(results: dict[str, dict[str, Any]], pods: int) -> None:
         row(f"{rpc} p50 ({len(samples[0])} calls)",
             [statistics.median(s) * 1000 for s in samples], "ms")
         row(f"{rpc} p99", [percentile(s, 0.99) * 1000 for s in samples], "ms")
+    print("\nwhere the daemon's CPU goes: ms per call, each RPC called on its own")
+    for rpc in results[names[0]]["per_call"]:
+        if all(rpc in results[n]["per_call"] for n in names):
+            row(f"{rpc} CPU per call", [results[n]["per_call"][rpc] for n in names], "ms")
+        else:
+            for name in names:
+                if rpc in results[name]["per_call"]:
+                    print(f"{rpc} CPU per call on {name} only: "
+                          f"{results[name]['per_call'][rpc]:.2f} ms")
     if "crisp" in results:
         p99 = percentile(results["crisp"]["latencies"]["ListContainers"], 0.99) * 1000
         print(f"\ntarget: crisp ListContainers p99 under 5 ms: {'met' if p99 < 5 else 'NOT met'}"

@@ -292,7 +292,8 @@ def plot(metrics: Metrics, directory: Path) -> list[Path]:
             axis.grid(axis="x", alpha=0.3)
         figure.tight_layout()
         written.append(_save(figure, directory / "latency.png", plt))
-    for kind, file_name, unit in (("MiB", "memory.png", "MiB"), ("CPU", "cpu.png", "%")):
+    # "CPU %": the share of a core, not node's "<RPC> CPU ms per call".
+    for kind, file_name, unit in (("MiB", "memory.png", "MiB"), ("CPU %", "cpu.png", "%")):
         lines = series(metrics, kind)
         if not lines:
             continue

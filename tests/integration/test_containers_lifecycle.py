@@ -213,6 +213,8 @@ def test_status_and_list(env: PodsEnv, pod: str) -> None:
     assert status.log_path.endswith("/listed.log")
     info = json.loads(response.info["info"])
     assert info["pid"] > 0 and os.path.exists(f"/proc/{info['pid']}")
+    assert not env.status(running).info  # the kept answer got no verbose info
+    assert env.status(running).status == status
 
     def listed(**filter_fields: object) -> list[str]:
         request = cri_pb2.ListContainersRequest(

@@ -20,13 +20,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2_grpc
+from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
 from crisp.cli.client import main as crispctl
 from crisp.cli.images_commands import add_image_commands
 from crisp.config import Config, LiveConfig
 from crisp.images import ImageService
-from crisp.server.errors import ErrorInterceptor
+from crisp.server.errors import ErrorLayer
 from crisp.server.images import CrispImagesServicer, ImageServicer
+from crisp.server.layers import layered
 from crisp.state import Database
 from tests.support import image_builder as ib
 from tests.support.daemon import CrispDaemon
@@ -62,10 +63,14 @@ class Daemon:
         self.images = ImageService(LiveConfig(Config(root_dir=str(self.root)), None), self.db,
                                    self.root)
         await self.images.start()
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor(self.root)])
-        cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), self.server)
-        crisp_images_pb2_grpc.add_ImagesServicer_to_server(CrispImagesServicer(self.images),
-                                                           self.server)
+        self.server = grpc.aio.server()
+        layers = [ErrorLayer(self.root)]
+        cri_pb2_grpc.add_ImageServiceServicer_to_server(layered(
+            ImageServicer(self.images), cri_pb2.DESCRIPTOR.services_by_name["ImageService"],
+            layers), self.server)
+        crisp_images_pb2_grpc.add_ImagesServicer_to_server(layered(
+            CrispImagesServicer(self.images),
+            crisp_images_pb2.DESCRIPTOR.services_by_name["Images"], layers), self.server)
         self.server.add_insecure_port(f"unix://{self.socket}")
         await self.server.start()
 

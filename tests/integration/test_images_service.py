@@ -22,8 +22,9 @@ import crisp.storage.snapshots as snapshots_module
 from crisp.api import cri_pb2, cri_pb2_grpc
 from crisp.config import Config, LiveConfig, PodConfig
 from crisp.images import ImageService
-from crisp.server.errors import ErrorInterceptor
+from crisp.server.errors import ErrorLayer
 from crisp.server.images import ImageServicer
+from crisp.server.layers import layered
 from crisp.state import Database
 from crisp.storage.snapshots import USAGE_MAX_AGE_SECONDS
 from tests.support import image_builder as ib
@@ -264,8 +265,10 @@ async def test_filesystem_usage_answers_from_memory(service: ImageService,
 async def cri(
     service: ImageService, tmp_path: Path
 ) -> AsyncIterator[cri_pb2_grpc.ImageServiceStub]:
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(service.root)])
-    cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(service), server)
+    server = grpc.aio.server()
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(layered(
+        ImageServicer(service), cri_pb2.DESCRIPTOR.services_by_name["ImageService"],
+        [ErrorLayer(service.root)]), server)
     socket = tmp_path / "crisp.sock"
     server.add_insecure_port(f"unix://{socket}")
     await server.start()

@@ -45,6 +45,7 @@ FIXTURE = {
         "daemon CPU %": {"crisp": 2.0, "containerd": 1.0},
         "daemon RSS MiB": {"crisp": 80.0, "containerd": 90.0},
         "ListContainers p99 ms": {"crisp": 3.0, "containerd": 9.0},
+        "ListContainers CPU ms per call": {"crisp": 1.2, "containerd": 0.4},
     },
     "meta.json": {"command": "python bench/report.py --quick", "uptime_before": "load 1.0",
                   "uptime_after": "load 2.0", "date": "2026-12-03 13:00 UTC",
@@ -94,7 +95,8 @@ def test_series_share_a_line_for_the_same_pods_and_keep_node_apart(saved: Path) 
     rss = lines["daemon RSS MiB"]
     assert rss["crisp, 1 container per pod"] == [(10, 60.0), (50, 62.0), (250, 70.0)]
     assert rss["containerd, 2 containers per pod, polled"] == [(110, 90.0)]
-    assert list(report.series(report.load(saved), "CPU")) == ["daemon CPU %"]
+    # a share of a core, not node's CPU per call
+    assert list(report.series(report.load(saved), "CPU %")) == ["daemon CPU %"]
 
 
 def test_distributions_and_steps(saved: Path) -> None:

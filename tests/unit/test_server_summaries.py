@@ -57,3 +57,30 @@ def test_a_relist_with_nothing_changed_is_answered_with_the_previous_response() 
     assert again is not first and again.containers[1].state == cri_pb2.CONTAINER_EXITED
     pods = summaries.list_sandboxes([sandbox("s1")], {"s1"})
     assert [p.id for p in pods.items] == ["s1"]
+
+
+def test_a_container_status_is_kept_until_what_it_shows_changes() -> None:
+    summaries = Summaries()
+    one = container("c1")
+    live = {"c1"}
+    limits = Resources(cpu_shares=2)
+    first = summaries.container_status(one, limits, live)
+    assert first.status.id == "c1" and first.status.resources.linux.cpu_shares == 2
+    assert summaries.container_status(one, limits, live) is first
+
+    one.state, one.started_at = ContainerState.RUNNING, 5
+    running = summaries.container_status(one, limits, live)
+    assert running.status.state == cri_pb2.CONTAINER_RUNNING and running.status.started_at == 5
+    one.state, one.exit_code, one.reason = ContainerState.EXITED, 3, "Error"
+    exited = summaries.container_status(one, limits, live)
+    assert (exited.status.exit_code, exited.status.reason) == (3, "Error")
+    moved = summaries.container_status(one, Resources(cpu_shares=4), live)
+    assert moved.status.resources.linux.cpu_shares == 4  # new limits in force
+
+
+def test_statuses_of_removed_containers_are_swept() -> None:
+    summaries = Summaries()
+    for index in range(200):
+        summaries.container_status(container(f"gone{index}"), Resources(), {f"gone{index}"})
+    summaries.container_status(container("kept"), Resources(), {"kept"})
+    assert len(summaries._statuses) <= 1 + 64

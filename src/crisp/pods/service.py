@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, KeysView
+from collections.abc import AsyncIterator, Iterable, KeysView
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from crisp.cgroups import CgroupService
@@ -115,13 +116,15 @@ class PodService:
 
     def list_sandboxes(self, id_prefix: str = "", state: SandboxState | None = None,
                        labels: dict[str, str] | None = None) -> list[Sandbox]:
-        return sorted(
-            (s for s in self.ctx.store.sandboxes.values()
-             if s.id.startswith(id_prefix)
-             and (state is None or s.state == state)
-             and labels_match(s.config.labels, labels or {})),
-            key=lambda s: s.created_at,
-        )
+        found: Iterable[Sandbox] = self.ctx.store.sandboxes.values()
+        # The kubelet's relists filter nothing: only the filters asked for are run.
+        if id_prefix:
+            found = (s for s in found if s.id.startswith(id_prefix))
+        if state is not None:
+            found = (s for s in found if s.state == state)
+        if labels:
+            found = (s for s in found if labels_match(s.config.labels, labels))
+        return sorted(found, key=_created_at)
 
     def sandbox_ids(self) -> KeysView[str]:
         """The id of every sandbox there is (a live view, not a copy)."""
@@ -181,14 +184,16 @@ class PodService:
     def list_containers(self, id_prefix: str = "", state: ContainerState | None = None,
                         sandbox_id: str = "",
                         labels: dict[str, str] | None = None) -> list[Container]:
-        return sorted(
-            (c for c in self.ctx.store.containers.values()
-             if c.id.startswith(id_prefix)
-             and (state is None or c.state == state)
-             and (not sandbox_id or c.sandbox_id.startswith(sandbox_id))
-             and labels_match(c.config.labels, labels or {})),
-            key=lambda c: c.created_at,
-        )
+        found: Iterable[Container] = self.ctx.store.containers.values()
+        if id_prefix:
+            found = (c for c in found if c.id.startswith(id_prefix))
+        if state is not None:
+            found = (c for c in found if c.state == state)
+        if sandbox_id:
+            found = (c for c in found if c.sandbox_id.startswith(sandbox_id))
+        if labels:
+            found = (c for c in found if labels_match(c.config.labels, labels))
+        return sorted(found, key=_created_at)
 
     def container_info(self, container: Container) -> dict[str, str]:
         """The verbose ``info`` of ContainerStatus: one JSON document under "info"."""
@@ -323,6 +328,9 @@ async def detect_cgroups(live: LiveConfig) -> tuple[CgroupService | None, str]:
     except FailedPrecondition as error:
         log.error("pods cannot run: %s", error)
         return None, str(error)
+
+
+_created_at = attrgetter("created_at")
 
 
 def _lookup(items: dict[str, T], key: str, what: str) -> T | None:

@@ -21,16 +21,16 @@ from pathlib import Path
 import grpc
 
 from crisp import __version__, logsetup, sdnotify
-from crisp.api import cri_pb2_grpc, crisp_images_pb2_grpc
+from crisp.api import cri_pb2, cri_pb2_grpc, crisp_images_pb2, crisp_images_pb2_grpc
 from crisp.config import ConfigError, LiveConfig
 from crisp.errors import CrispError
 from crisp.filemodes import DAEMON_UMASK, private_dir
-from crisp.server.errors import ErrorInterceptor
+from crisp.server.errors import ErrorLayer
 from crisp.server.images import CrispImagesServicer, ImageServicer
-from crisp.server.interceptors import BehaviorInterceptor
+from crisp.server.layers import Layer, layered
 from crisp.server.runtime import RuntimeServicer
 from crisp.server.services import Services
-from crisp.server.validation import RequestCheckInterceptor
+from crisp.server.validation import RequestCheckLayer
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,11 @@ async def _serve(live: LiveConfig, socket_path: Path) -> None:
 
 
 async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path: Path) -> None:
-    interceptors: list[BehaviorInterceptor] = []
+    layers: list[Layer] = []
     metrics_config = live.current.metrics
     if metrics_config.enabled:
         # prometheus_client costs several MiB of RSS: only daemons that serve metrics load it.
-        from crisp.server.metrics import GrpcMetrics, MetricsInterceptor
+        from crisp.server.metrics import GrpcMetrics, MetricsLayer
 
         metrics = GrpcMetrics()
         address = f"{metrics_config.address}:{metrics_config.port}"
@@ -90,23 +90,25 @@ async def _serve_until_stopped(live: LiveConfig, services: Services, socket_path
                 f"cannot serve metrics on {address}: {error.strerror or error}; free the "
                 "port or set metrics.address/metrics.port"
             ) from error
-        interceptors.append(MetricsInterceptor(metrics))
+        layers.append(MetricsLayer(metrics))
     # Outermost first: metrics see every call, errors map what the request check refuses.
-    interceptors += [ErrorInterceptor(live.current.root_dir), RequestCheckInterceptor()]
+    layers += [ErrorLayer(live.current.root_dir), RequestCheckLayer()]
 
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
         ],
     )
-    cri_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(services), server)
-    cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(
-        services.images, services.pods.image_volume_users), server)
+    cri = cri_pb2.DESCRIPTOR.services_by_name
+    cri_pb2_grpc.add_RuntimeServiceServicer_to_server(
+        layered(RuntimeServicer(services), cri["RuntimeService"], layers), server)
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(
+        layered(ImageServicer(services.images, services.pods.image_volume_users),
+                cri["ImageService"], layers), server)
     crisp_images_pb2_grpc.add_ImagesServicer_to_server(
-        CrispImagesServicer(services.images), server
-    )
+        layered(CrispImagesServicer(services.images),
+                crisp_images_pb2.DESCRIPTOR.services_by_name["Images"], layers), server)
     server.add_insecure_port(f"unix:{socket_path}")  # sun_path is then exactly socket_path
 
     # Under the daemon's umask the socket is born 0600, never briefly world-writable; then

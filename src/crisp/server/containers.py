@@ -75,9 +75,12 @@ class ContainerCalls:
     ) -> cri_pb2.ContainerStatusResponse:
         container = self._pods.container(request.container_id)
         limits = await self._pods.container_resources(container)
-        response = cri_pb2.ContainerStatusResponse(status=container_status(container, limits))
-        if request.verbose:
-            response.info.update(self._pods.container_info(container))
+        kept = self.summaries.container_status(container, limits, self._pods.container_ids())
+        if not request.verbose:
+            return kept
+        response = cri_pb2.ContainerStatusResponse()
+        response.CopyFrom(kept)  # the kept one is shared: never add to it
+        response.info.update(self._pods.container_info(container))
         return response
 
     async def ListContainers(

@@ -1,6 +1,6 @@
 """Turning crisp's domain errors into gRPC status codes.
 
-Every servicer method runs behind :class:`ErrorInterceptor`: a :class:`crisp.errors.CrispError`
+Every servicer method runs inside :class:`ErrorLayer`: a :class:`crisp.errors.CrispError`
 becomes its status code with the message as details. A full disk met anywhere (ENOSPC,
 EDQUOT, SQLITE_FULL) is not a bug but the host's state: RESOURCE_EXHAUSTED naming the
 filesystem. A failing runc or conmon is INTERNAL with its stderr. Anything else is a bug in
@@ -19,7 +19,7 @@ import grpc
 
 from crisp import errors
 from crisp.diskspace import disk_full_from, is_disk_full
-from crisp.server.interceptors import BehaviorInterceptor, Context, StreamBehavior, UnaryBehavior
+from crisp.server.layers import Context, Layer, StreamBehavior, UnaryBehavior
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class ErrorInterceptor(BehaviorInterceptor):
+class ErrorLayer(Layer):
     """Maps domain errors to status codes for every unary and server-streaming method.
 
     ``root_dir`` is blamed for a full disk whose error names no file (most of crisp's writes

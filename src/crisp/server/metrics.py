@@ -1,6 +1,6 @@
 """Prometheus metrics of the gRPC API: calls, latency and status codes per method.
 
-The interceptor sits outside :class:`~crisp.server.errors.ErrorInterceptor`, so it sees the
+The layer sits outside :class:`~crisp.server.errors.ErrorLayer`, so it sees the
 final status code a client received.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from crisp.server.interceptors import BehaviorInterceptor, Context, StreamBehavior, UnaryBehavior
+from crisp.server.layers import Context, Layer, StreamBehavior, UnaryBehavior
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class GrpcMetrics:
         self.latency.labels(service, method).observe(seconds)
 
 
-class MetricsInterceptor(BehaviorInterceptor):
+class MetricsLayer(Layer):
     """Counts and times every call."""
 
     def __init__(self, metrics: GrpcMetrics):

@@ -1,10 +1,13 @@
-"""The messages of the kubelet's relists (ListContainers, ListPodSandbox), kept per object.
+"""The messages of the kubelet's polls (ListContainers, ListPodSandbox, ContainerStatus), kept.
 
 The kubelet relists every pod and container every second. Building a CRI message for each of
 220 containers took about 3 ms a call, copying kept ones a quarter of that, and answering
 the previous response again when every message in it is still the one kept nothing. A kept
 message is rebuilt as soon as anything it shows may have changed: the state, or the config or
 image record, which are frozen and replaced rather than changed in place.
+
+ContainerStatus is the most frequent call (every container, every few seconds): its answer
+is kept per container too, until a field it shows or the limits in force differ.
 """
 
 from __future__ import annotations
@@ -13,8 +16,13 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any, Generic, TypeVar
 
 from crisp.api import cri_pb2
-from crisp.pods.model import Container, Sandbox
-from crisp.server.pod_convert import container_summary, sandbox_metadata, sandbox_state
+from crisp.pods.model import Container, Resources, Sandbox
+from crisp.server.pod_convert import (
+    container_status,
+    container_summary,
+    sandbox_metadata,
+    sandbox_state,
+)
 
 _SLACK = 64
 """Messages of removed objects allowed before the table is swept of them."""
@@ -46,7 +54,7 @@ class _Kept(Generic[Item, Message, Response]):
         for item in items:
             basis = self._basis(item)
             entry = kept.get(item.id)
-            if entry is None or not _same(entry[0], basis):
+            if entry is None or entry[0] != basis:  # equal tuples of the same objects: fast
                 entry = kept[item.id] = (basis, self._build(item))
             found.append(entry[1])
         if len(kept) > len(live) + _SLACK:
@@ -73,6 +81,19 @@ class Summaries:
         self._sandboxes: _Kept[Sandbox, cri_pb2.PodSandbox, cri_pb2.ListPodSandboxResponse] = (
             _Kept(lambda s: (s.state, s.config, s.runtime_handler), _sandbox_summary,
                   lambda messages: cri_pb2.ListPodSandboxResponse(items=messages)))
+        self._statuses: dict[str, tuple[tuple[Any, ...], cri_pb2.ContainerStatusResponse]] = {}
+
+    def container_status(self, container: Container, limits: Resources,
+                         live: Collection[str]) -> cri_pb2.ContainerStatusResponse:
+        """ContainerStatus' answer without ``info``: the kept one while it still holds."""
+        basis = _status_basis(container, limits)
+        entry = self._statuses.get(container.id)
+        if entry is None or entry[0] != basis:  # equal tuples of the same objects: fast
+            response = cri_pb2.ContainerStatusResponse(status=container_status(container, limits))
+            entry = self._statuses[container.id] = (basis, response)
+            if len(self._statuses) > len(live) + _SLACK:
+                self._statuses = {k: v for k, v in self._statuses.items() if k in live}
+        return entry[1]
 
     def list_containers(self, containers: Iterable[Container],
                         live: Collection[str]) -> cri_pb2.ListContainersResponse:
@@ -99,9 +120,11 @@ def _all_same(old: list[Any], new: list[Any]) -> bool:
     return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
 
 
-def _same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
-    """The state equal, the rest the very same objects."""
-    return old[0] == new[0] and all(a is b for a, b in zip(old[1:], new[1:], strict=True))
+def _status_basis(container: Container, limits: Resources) -> tuple[Any, ...]:
+    """Every field of the container that its status shows, besides the immutable ones."""
+    return (container.state, container.started_at, container.finished_at, container.exit_code,
+            container.reason, container.message, container.config, container.image, limits,
+            container.user, container.stop_signal, container.log_path, container.image_volumes)
 
 
 def _sandbox_summary(sandbox: Sandbox) -> cri_pb2.PodSandbox:

@@ -22,7 +22,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from crisp.errors import InvalidArgument
-from crisp.server.interceptors import BehaviorInterceptor, Context, StreamBehavior, UnaryBehavior
+from crisp.server.layers import Context, Layer, StreamBehavior, UnaryBehavior
 
 PATH_MAX = 4096
 NAME_MAX = 255
@@ -102,7 +102,7 @@ def _string_problems(name: str, value: str, path: str, *,
         yield f"{path} {value[:80]!r} is not an id crisp gave out"
 
 
-class RequestCheckInterceptor(BehaviorInterceptor):
+class RequestCheckLayer(Layer):
     """Runs :func:`check_request` on every request before its servicer sees it."""
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
