@@ -78,6 +78,8 @@ TARGETS = (
            r"^(lifecycle|node|churn): daemon RSS MiB @ \d+ pods$", "≤ 1x", _ratio_at_most(1.0)),
     Target("node: daemon CPU % @ 10 and 110 pods", r"^node: daemon CPU %.* @ \d+ pods$",
            "≤ 1x", _ratio_at_most(1.0)),
+    Target("node: runtime CPU % (daemon + per-pod processes) @ 10 and 110 pods",
+           r"^node: runtime CPU %.* @ \d+ pods$", "≤ 1x", _ratio_at_most(1.0)),
     Target("node: ListContainers p99 ms @ 110 pods", r"^node: ListContainers p99 ms @ \d+ pods$",
            "crisp < 5 ms", lambda crisp, ctrd: crisp < 5.0, needs_containerd=False),
     Target("churn: start throughput pods/s", r"^churn: start throughput pods/s$", "≥ 1x",
