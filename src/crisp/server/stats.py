@@ -8,7 +8,8 @@ reported as zero.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -21,6 +22,8 @@ from crisp.pods.stats import ContainerUsage, PodUsage
 from crisp.server.services import Services
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+T = TypeVar("T")
 
 _METRIC_TYPES = {MetricKind.COUNTER: cri_pb2.COUNTER, MetricKind.GAUGE: cri_pb2.GAUGE}
 
@@ -176,25 +179,25 @@ FILL_BATCH = 32
 so that the kubelet's relists, arriving meanwhile, wait for one batch, not the whole list."""
 
 
-async def _fill_containers(response: cri_pb2.ListContainerStatsResponse,
-                           usage: list[ContainerUsage]) -> None:
-    add = response.stats.add
-    for start in range(0, len(usage), FILL_BATCH):
+async def _fill_batched(add: Callable[[], Any], items: Sequence[T],
+                       fill: Callable[[Any, T], None], batch: int) -> None:
+    """Fill ``items`` into a list response's new entries, ``batch`` at a time."""
+    for start in range(0, len(items), batch):
         if start:
             await asyncio.sleep(0)
-        for container in usage[start:start + FILL_BATCH]:
-            _fill_container(add(), container)
+        for item in items[start:start + batch]:
+            fill(add(), item)
+
+
+async def _fill_containers(response: cri_pb2.ListContainerStatsResponse,
+                           usage: list[ContainerUsage]) -> None:
+    await _fill_batched(response.stats.add, usage, _fill_container, FILL_BATCH)
 
 
 async def _fill_pods(response: cri_pb2.ListPodSandboxStatsResponse,
                      usage: list[PodUsage]) -> None:
-    add = response.stats.add
-    batch = max(FILL_BATCH // 4, 1)  # a pod is several containers' worth of messages
-    for start in range(0, len(usage), batch):
-        if start:
-            await asyncio.sleep(0)
-        for pod in usage[start:start + batch]:
-            _fill_pod(add(), pod)
+    # a pod is several containers' worth of messages
+    await _fill_batched(response.stats.add, usage, _fill_pod, max(FILL_BATCH // 4, 1))
 
 
 def _metric(sample: MetricSample) -> cri_pb2.Metric:
