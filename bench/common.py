@@ -38,7 +38,7 @@ from tests.support.image_builder import (
     make_layer,
     push_image,
 )
-from tests.support.pods import clean_leftovers
+from tests.support.pods import children, clean_leftovers, processes
 from tests.support.registry import running_registry
 
 CNI_BIN = "/usr/lib/cni"
@@ -188,31 +188,9 @@ def wait_for_helpers_to_end(runtime: Runtime, seconds: float = 30.0) -> int:
     return peak
 
 
-def children_whose_cmdline(parent: int, contains: str) -> list[int]:
-    """Processes whose parent is ``parent`` and whose command line has ``contains``."""
-    found = []
-    for pid in pids_whose_cmdline("", contains):
-        try:
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent:
-            found.append(pid)
-    return found
-
-
 def pids_whose_cmdline(first_contains: str, contains: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and first_contains.encode() in args[0] and contains.encode() in b" ".join(args):
-            found.append(int(name))
-    return found
+    return processes(lambda args: first_contains.encode() in args[0]
+                     and contains.encode() in b" ".join(args))
 
 
 # The two runtimes ----------------------------------------------------------------------------
@@ -246,7 +224,7 @@ def crisp_runtime(base: Path, registry_host: str) -> Iterator[Runtime]:
             name="crisp", socket=daemon.socket, daemon_pid=lambda: process.pid,
             per_pod_pids=lambda pods: pids_whose_cmdline("conmon", str(base)),
             ipam_dir=daemon.root / "network" / "ipam", base=base,
-            helper_pids=lambda: children_whose_cmdline(process.pid, "registry-helper"),
+            helper_pids=lambda: children(process.pid, lambda args: b"registry-helper" in args),
         )
     finally:
         daemon.stop()

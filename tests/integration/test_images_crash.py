@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from crisp.api import cri_pb2
 from tests.integration.conftest import DaemonFactory
 from tests.support import image_builder as ib
 from tests.support.daemon import CrispDaemon
@@ -40,11 +39,6 @@ def served() -> Iterator[tuple[Registry, ib.Image, ib.Image]]:
         yield registry, busybox, big
 
 
-def pull(daemon: CrispDaemon, reference: str) -> str:
-    request = cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=reference))
-    return str(daemon.images.PullImage(request, timeout=120).image_ref)
-
-
 def layer_dirs(daemon: CrispDaemon) -> list[str]:
     return sorted(p.name for p in (daemon.root / "layers").iterdir() if len(p.name) == 64)
 
@@ -60,7 +54,7 @@ def test_crash_between_unpack_and_record_leaves_no_ready_layer(
     finally:
         del os.environ["CRISP_FAILPOINTS"]
     with pytest.raises(grpc.RpcError) as error:
-        pull(daemon, reference)
+        daemon.pull(reference)
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
     assert daemon.process is not None
     daemon.process.wait(timeout=10)
@@ -69,7 +63,7 @@ def test_crash_between_unpack_and_record_leaves_no_ready_layer(
     daemon.start()
     # the unrecorded layer is swept at start-up, not taken as ready
     assert layer_dirs(daemon) == []
-    assert pull(daemon, reference) == busybox.id
+    assert daemon.pull(reference) == busybox.id
     assert re.search(r"ready \(\d+ bytes, \d+ unpacked", daemon.log())  # unpacked again
     assert layer_dirs(daemon) == [busybox.layers[0].diff_id.removeprefix("sha256:")]
 
@@ -85,7 +79,7 @@ async def test_download_cut_off_by_a_crash_resumes_after_restart(
         reference = f"{proxy.host}/test/big:latest"
         daemon = make_daemon()
         partial = daemon.root / "content" / "ingest" / layer.digest.removeprefix("sha256:")
-        pulling = asyncio.create_task(asyncio.to_thread(pull, daemon, reference))
+        pulling = asyncio.create_task(asyncio.to_thread(daemon.pull, reference))
         deadline = time.monotonic() + 60
         while not (partial.exists() and partial.stat().st_size >= 2 << 20):
             assert time.monotonic() < deadline, daemon.log()
@@ -102,7 +96,7 @@ async def test_download_cut_off_by_a_crash_resumes_after_restart(
         proxy.range_requests = 0
         sent_before = proxy.blob_bytes_sent
         await asyncio.to_thread(daemon.start)
-        assert await asyncio.to_thread(pull, daemon, reference) == big.id
+        assert await asyncio.to_thread(daemon.pull, reference) == big.id
         assert proxy.range_requests >= 1
         # the resumed pull fetched only what was missing (the config is a few hundred bytes)
         assert proxy.blob_bytes_sent - sent_before <= len(layer.data) - kept + 4096
@@ -125,7 +119,7 @@ async def test_partial_that_does_not_match_is_discarded(
         # a partial a power loss left with garbage in it: the resumed whole cannot verify
         (ingest / layer.digest.removeprefix("sha256:")).write_bytes(b"\0" * (1 << 20))
         await asyncio.to_thread(daemon.start)
-        assert await asyncio.to_thread(pull, daemon, f"{proxy.host}/test/big:latest") == big.id
+        assert await asyncio.to_thread(daemon.pull, f"{proxy.host}/test/big:latest") == big.id
         assert proxy.range_requests == 1
         assert "downloading it again from the start" in daemon.log()
         assert list(ingest.iterdir()) == []

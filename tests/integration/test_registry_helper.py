@@ -20,6 +20,7 @@ from crisp.api import cri_pb2
 from tests.integration.conftest import DaemonFactory
 from tests.support import image_builder as ib
 from tests.support.daemon import CrispDaemon
+from tests.support.pods import children, wait_for
 from tests.support.registry import BusyboxRegistry, FlakyProxy, Registry, running_registry
 
 pytestmark = [
@@ -41,11 +42,6 @@ def big() -> Iterator[tuple[Registry, ib.Image]]:
         yield registry, image
 
 
-def pull(daemon: CrispDaemon, reference: str) -> str:
-    request = cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=reference))
-    return str(daemon.images.PullImage(request, timeout=120).image_ref)
-
-
 def remove(daemon: CrispDaemon, reference: str) -> None:
     daemon.images.RemoveImage(cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(image=reference)),
                               timeout=30)
@@ -53,19 +49,7 @@ def remove(daemon: CrispDaemon, reference: str) -> None:
 
 def helpers(daemon_pid: int) -> list[int]:
     """The registry helpers the daemon runs now."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == daemon_pid and b"registry-helper" in cmdline:
-            found.append(int(name))
-    return found
+    return children(daemon_pid, lambda cmdline: b"registry-helper" in cmdline)
 
 
 def gone(pid: int) -> bool:
@@ -76,41 +60,34 @@ def gone(pid: int) -> bool:
     return state == "Z"
 
 
-def wait_for(condition: object, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-
-
 def test_a_pull_leaves_no_http_client_in_the_daemon(
         make_daemon: DaemonFactory, registry_busybox: BusyboxRegistry) -> None:
     daemon = make_daemon()
     assert daemon.process is not None
-    assert pull(daemon, registry_busybox.reference) == registry_busybox.image_id
+    assert daemon.pull(registry_busybox.reference) == registry_busybox.image_id
     [helper] = helpers(daemon.process.pid)  # the pull went through it ...
     daemon_maps = Path(f"/proc/{daemon.process.pid}/maps").read_text()
     assert [f for f in HTTP_CLIENT_FILES if f in daemon_maps] == []  # ... and not the daemon
     helper_maps = Path(f"/proc/{helper}/maps").read_text()
     assert "/aiohttp/" in helper_maps  # the check can see a loaded aiohttp
     daemon.stop()
-    wait_for(lambda: gone(helper), "the helper ended with the daemon", timeout=5)
+    wait_for(lambda: gone(helper), 5, "the helper ended with the daemon")
 
 
 def test_an_idle_helper_exits_and_the_next_pull_starts_one(
         make_daemon: DaemonFactory, registry_busybox: BusyboxRegistry) -> None:
     daemon = make_daemon("[images]\nregistry_helper_idle = 3.0\n")
     assert daemon.process is not None
-    pull(daemon, registry_busybox.reference)
+    daemon.pull(registry_busybox.reference)
     [first] = helpers(daemon.process.pid)
-    wait_for(lambda: gone(first), "the idle helper exited")
+    wait_for(lambda: gone(first), 15, "the idle helper exited")
     assert helpers(daemon.process.pid) == []
     remove(daemon, registry_busybox.reference)
-    assert pull(daemon, registry_busybox.reference) == registry_busybox.image_id
+    assert daemon.pull(registry_busybox.reference) == registry_busybox.image_id
     [second] = helpers(daemon.process.pid)
     assert second != first
     daemon.kill()  # a daemon killed outright: the helper's stdin ends, and so does it
-    wait_for(lambda: gone(second), "the helper ended with the killed daemon", timeout=5)
+    wait_for(lambda: gone(second), 5, "the helper ended with the killed daemon")
 
 
 async def test_a_helper_killed_mid_blob_fails_the_pull_and_the_next_resumes(
@@ -125,7 +102,7 @@ async def test_a_helper_killed_mid_blob_fails_the_pull_and_the_next_resumes(
         daemon = make_daemon()
         assert daemon.process is not None
         partial = daemon.root / "content" / "ingest" / layer.digest.removeprefix("sha256:")
-        pulling = asyncio.create_task(asyncio.to_thread(pull, daemon, reference))
+        pulling = asyncio.create_task(asyncio.to_thread(daemon.pull, reference))
         deadline = time.monotonic() + 60
         while not (partial.exists() and partial.stat().st_size >= 2 << 20):
             assert time.monotonic() < deadline, daemon.log()
@@ -143,7 +120,7 @@ async def test_a_helper_killed_mid_blob_fails_the_pull_and_the_next_resumes(
         proxy.throttle = 0.0
         proxy.range_requests = 0
         sent_before = proxy.blob_bytes_sent
-        assert await asyncio.to_thread(pull, daemon, reference) == image.id
+        assert await asyncio.to_thread(daemon.pull, reference) == image.id
         assert proxy.range_requests >= 1
         # the second pull fetched only what was missing (the config is a few hundred bytes)
         assert proxy.blob_bytes_sent - sent_before <= len(layer.data) - kept + 4096

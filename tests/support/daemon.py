@@ -127,6 +127,11 @@ class CrispDaemon:
         """crisp's own image extension service (import, export, pull progress)."""
         return crisp_images_pb2_grpc.ImagesStub(self.channel)
 
+    def pull(self, reference: str, timeout: float = 120.0) -> str:
+        """PullImage of ``reference``; the pulled image's id."""
+        request = cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=reference))
+        return str(self.images.PullImage(request, timeout=timeout).image_ref)
+
     def _close_channel(self) -> None:
         if self._channel is not None:
             self._channel.close()

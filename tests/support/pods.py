@@ -300,6 +300,19 @@ def processes(matches: Callable[[list[bytes]], bool]) -> list[int]:
     return found
 
 
+def children(parent: int, matches: Callable[[list[bytes]], bool]) -> list[int]:
+    """Pids of ``parent``'s child processes whose command line ``matches``."""
+    found = []
+    for pid in processes(matches):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            found.append(pid)
+    return found
+
+
 def sleepers(marker: str) -> list[int]:
     """Pids of ``sleep MARKER`` processes (a test's exec'd command)."""
     return processes(lambda cmdline: cmdline[:2] == [b"sleep", marker.encode()])
