@@ -116,15 +116,7 @@ class PodService:
 
     def list_sandboxes(self, id_prefix: str = "", state: SandboxState | None = None,
                        labels: dict[str, str] | None = None) -> list[Sandbox]:
-        found: Iterable[Sandbox] = self.ctx.store.sandboxes.values()
-        # The kubelet's relists filter nothing: only the filters asked for are run.
-        if id_prefix:
-            found = (s for s in found if s.id.startswith(id_prefix))
-        if state is not None:
-            found = (s for s in found if s.state == state)
-        if labels:
-            found = (s for s in found if labels_match(s.config.labels, labels))
-        return sorted(found, key=_created_at)
+        return _listed(self.ctx.store.sandboxes.values(), id_prefix, state, labels)
 
     def sandbox_ids(self) -> KeysView[str]:
         """The id of every sandbox there is (a live view, not a copy)."""
@@ -185,15 +177,9 @@ class PodService:
                         sandbox_id: str = "",
                         labels: dict[str, str] | None = None) -> list[Container]:
         found: Iterable[Container] = self.ctx.store.containers.values()
-        if id_prefix:
-            found = (c for c in found if c.id.startswith(id_prefix))
-        if state is not None:
-            found = (c for c in found if c.state == state)
         if sandbox_id:
             found = (c for c in found if c.sandbox_id.startswith(sandbox_id))
-        if labels:
-            found = (c for c in found if labels_match(c.config.labels, labels))
-        return sorted(found, key=_created_at)
+        return _listed(found, id_prefix, state, labels)
 
     def container_info(self, container: Container) -> dict[str, str]:
         """The verbose ``info`` of ContainerStatus: one JSON document under "info"."""
@@ -331,6 +317,23 @@ async def detect_cgroups(live: LiveConfig) -> tuple[CgroupService | None, str]:
 
 
 _created_at = attrgetter("created_at")
+
+Listed = TypeVar("Listed", Sandbox, Container)
+
+
+def _listed(found: Iterable[Listed], id_prefix: str, state: object | None,
+            labels: dict[str, str] | None) -> list[Listed]:
+    """``found`` narrowed by the filters given, oldest first.
+
+    The kubelet's relists filter nothing: only the filters asked for are run.
+    """
+    if id_prefix:
+        found = (r for r in found if r.id.startswith(id_prefix))
+    if state is not None:
+        found = (r for r in found if r.state == state)
+    if labels:
+        found = (r for r in found if labels_match(r.config.labels, labels))
+    return sorted(found, key=_created_at)
 
 
 def _lookup(items: dict[str, T], key: str, what: str) -> T | None:
