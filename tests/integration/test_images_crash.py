@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -18,7 +17,13 @@ import pytest
 from tests.integration.conftest import DaemonFactory
 from tests.support import image_builder as ib
 from tests.support.daemon import CrispDaemon
-from tests.support.registry import FlakyProxy, Registry, running_registry
+from tests.support.registry import (
+    FlakyProxy,
+    Registry,
+    assert_pull_resumes,
+    pull_until_partial,
+    running_registry,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -79,29 +84,15 @@ async def test_download_cut_off_by_a_crash_resumes_after_restart(
         reference = f"{proxy.host}/test/big:latest"
         daemon = make_daemon()
         partial = daemon.root / "content" / "ingest" / layer.digest.removeprefix("sha256:")
-        pulling = asyncio.create_task(asyncio.to_thread(daemon.pull, reference))
-        deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size >= 2 << 20):
-            assert time.monotonic() < deadline, daemon.log()
-            assert not pulling.done()
-            await asyncio.sleep(0.05)
+        pulling = await pull_until_partial(daemon, reference, partial)
         assert daemon.process is not None
         daemon.process.kill()  # before the channel closes: a crash, not a cancelled call
         await asyncio.to_thread(daemon.kill)
         with pytest.raises(grpc.RpcError):
             await pulling
-        kept = partial.stat().st_size
-        assert 0 < kept < len(layer.data)
-        proxy.throttle = 0.0
-        proxy.range_requests = 0
-        sent_before = proxy.blob_bytes_sent
         await asyncio.to_thread(daemon.start)
-        assert await asyncio.to_thread(daemon.pull, reference) == big.id
-        assert proxy.range_requests >= 1
-        # the resumed pull fetched only what was missing (the config is a few hundred bytes)
-        assert proxy.blob_bytes_sent - sent_before <= len(layer.data) - kept + 4096
-        assert "resuming the download of " + layer.digest in daemon.log()
-        assert not partial.exists()
+        await assert_pull_resumes(daemon, proxy, reference, layer.digest, len(layer.data),
+                                  partial, big.id)
     finally:
         await proxy.stop()
 

@@ -6,10 +6,8 @@ be caught mid-blob); the helper is found among the daemon's children by its comm
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,14 @@ from tests.integration.conftest import DaemonFactory
 from tests.support import image_builder as ib
 from tests.support.daemon import CrispDaemon
 from tests.support.pods import children, wait_for
-from tests.support.registry import BusyboxRegistry, FlakyProxy, Registry, running_registry
+from tests.support.registry import (
+    BusyboxRegistry,
+    FlakyProxy,
+    Registry,
+    assert_pull_resumes,
+    pull_until_partial,
+    running_registry,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -102,12 +107,7 @@ async def test_a_helper_killed_mid_blob_fails_the_pull_and_the_next_resumes(
         daemon = make_daemon()
         assert daemon.process is not None
         partial = daemon.root / "content" / "ingest" / layer.digest.removeprefix("sha256:")
-        pulling = asyncio.create_task(asyncio.to_thread(daemon.pull, reference))
-        deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size >= 2 << 20):
-            assert time.monotonic() < deadline, daemon.log()
-            assert not pulling.done()
-            await asyncio.sleep(0.05)
+        pulling = await pull_until_partial(daemon, reference, partial)
         [helper] = helpers(daemon.process.pid)
         os.kill(helper, signal.SIGKILL)
         with pytest.raises(grpc.RpcError) as error:
@@ -115,16 +115,8 @@ async def test_a_helper_killed_mid_blob_fails_the_pull_and_the_next_resumes(
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
         details: str = error.value.details()  # type: ignore[attr-defined]
         assert f"registry helper process (pid {helper}) was killed by SIGKILL" in details
-        kept = partial.stat().st_size  # kept, as after a crash of crisp
-        assert 0 < kept < len(layer.data)
-        proxy.throttle = 0.0
-        proxy.range_requests = 0
-        sent_before = proxy.blob_bytes_sent
-        assert await asyncio.to_thread(daemon.pull, reference) == image.id
-        assert proxy.range_requests >= 1
-        # the second pull fetched only what was missing (the config is a few hundred bytes)
-        assert proxy.blob_bytes_sent - sent_before <= len(layer.data) - kept + 4096
-        assert "resuming the download of " + layer.digest in daemon.log()
-        assert not partial.exists()
+        # the partial is kept, as after a crash of crisp, and the next pull resumes it
+        await assert_pull_resumes(daemon, proxy, reference, layer.digest, len(layer.data),
+                                  partial, image.id)
     finally:
         await proxy.stop()

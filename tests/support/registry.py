@@ -492,3 +492,41 @@ class FlakyProxy:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _size(path: Path) -> int:
+    """The file's size, -1 while there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
+async def pull_until_partial(daemon: Any, reference: str, partial: Path,
+                             at_least: int = 2 << 20, seconds: float = 60.0) -> asyncio.Task[str]:
+    """A pull of ``reference`` by ``daemon`` (a CrispDaemon), running in a thread, once the
+    blob's ingest file ``partial`` holds ``at_least`` bytes (to interrupt it mid-blob)."""
+    pulling = asyncio.create_task(asyncio.to_thread(daemon.pull, reference))
+    deadline = time.monotonic() + seconds
+    while _size(partial) < at_least:
+        assert time.monotonic() < deadline, daemon.log()
+        assert not pulling.done()
+        await asyncio.sleep(0.05)
+    return pulling
+
+
+async def assert_pull_resumes(daemon: Any, proxy: FlakyProxy, reference: str, digest: str,
+                              size: int, partial: Path, image_id: str) -> None:
+    """The next pull, unthrottled, resumes the blob ``digest`` of ``size`` bytes from what
+    ``partial`` kept: a Range request, only the missing bytes (the config is a few hundred
+    more), and the ingest file gone once the blob is in."""
+    kept = _size(partial)
+    assert 0 < kept < size
+    proxy.throttle = 0.0
+    proxy.range_requests = 0
+    sent_before = proxy.blob_bytes_sent
+    assert await asyncio.to_thread(daemon.pull, reference) == image_id
+    assert proxy.range_requests >= 1
+    assert proxy.blob_bytes_sent - sent_before <= size - kept + 4096
+    assert "resuming the download of " + digest in daemon.log()
+    assert _size(partial) == -1
